@@ -1,0 +1,3 @@
+from priorshift.cli import main
+
+raise SystemExit(main())

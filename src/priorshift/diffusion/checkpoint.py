@@ -1,0 +1,153 @@
+"""Prior checkpoints: safetensors weights + a JSON config, written atomically, never pickles.
+
+A prior ``NAME`` is two files side by side: ``NAME.safetensors`` (the EMA network weights) and
+``NAME.json`` (architecture, preconditioning, data range, how it was trained). Bundled priors live in
+``priorshift/weights/`` and are listed with their training command in ``weights/manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from priorshift.diffusion.denoisers import EDMDenoiser
+from priorshift.diffusion.unet import UNet, UNetConfig
+from priorshift.registry import register
+
+__all__ = ["save_prior", "load_prior", "bundled_priors", "atomic_write", "WEIGHTS_DIR", "FORMAT"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+FORMAT = "priorshift-prior/1"
+_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_prior(path: str | Path, net: UNet, config: dict, *, half: bool = True) -> Path:
+    """Write ``path`` (``.safetensors``) and its ``.json`` config. ``half`` stores weights as float16
+    (loaded back as float32; the rounding changes denoiser outputs by ~1e-3 relative at most)."""
+    path = Path(path).with_suffix(".safetensors")
+    dtype = torch.float16 if half else torch.float32
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    meta = dict(config, format=FORMAT, unet=net.config.to_dict(), weights_dtype=str(dtype).replace("torch.", ""))
+    atomic_write_json(path.with_suffix(".json"), meta)
+    return path
+
+
+def bundled_priors() -> dict[str, dict]:
+    """The manifest of the priors shipped in ``priorshift/weights`` (name → how it was trained)."""
+    manifest = WEIGHTS_DIR / "manifest.json"
+    if not manifest.exists():
+        return {}
+    return json.loads(manifest.read_text())
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    s = str(name_or_path)
+    bundled = bundled_priors()
+    if s in bundled:
+        return WEIGHTS_DIR / bundled[s]["file"]
+    path = Path(s)
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise ValueError(
+            f"{path.name}: pickle-based checkpoints ({path.suffix}) are not loaded — they can execute code. "
+            "Convert the weights to .safetensors (safetensors.torch.save_file) with a priorshift JSON config beside them."
+        )
+    if path.is_dir():
+        found = sorted(path.glob("*.safetensors"))
+        found = [p for p in found if p.with_suffix(".json").exists() and not p.name.startswith("train_state")]
+        if len(found) != 1:
+            raise ValueError(f"{path} must hold exactly one prior (NAME.safetensors + NAME.json); found {len(found)}")
+        path = found[0]
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if path.suffix != ".safetensors" or not path.exists():
+        known = ", ".join(sorted(bundled)) or "(none bundled)"
+        raise ValueError(f"no prior {s!r}: not a bundled name ({known}) and not an existing .safetensors file or directory")
+    return path
+
+
+def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu") -> EDMDenoiser:
+    """A bundled prior by name (``"phantom-ct-64"``, ``"fashion-mnist-32"``) or a checkpoint path → an
+    eval-mode :class:`EDMDenoiser` taking ``(B, C, H, W)`` float tensors in [-1, 1] and ``sigma`` of shape (B,)."""
+    path = _resolve(name_or_path)
+    config_path = path.with_suffix(".json")
+    if not config_path.exists():
+        raise ValueError(f"{path.name} has no config {config_path.name} beside it; a priorshift prior is NAME.safetensors + NAME.json")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path} is not valid JSON ({e}); the checkpoint is corrupt") from None
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{config_path} is not a priorshift prior config (format {config.get('format')!r}, expected {FORMAT!r})")
+    expected = bundled_priors().get(str(name_or_path), {}).get("sha256")
+    if expected and sha256(path) != expected:
+        raise ValueError(f"{path} does not match its manifest checksum: the file is corrupt or truncated; reinstall priorshift")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} could not be read as safetensors ({e}); the file is corrupt or truncated") from None
+    net = UNet(UNetConfig.from_dict(config["unet"]))
+    try:
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not match the architecture in {config_path.name}: {str(e).splitlines()[0]}") from None
+    net.eval().requires_grad_(False)
+    pre = config.get("preconditioning", {})
+    denoiser = EDMDenoiser(
+        net,
+        sigma_data=pre.get("sigma_data", 0.5),
+        sigma_min=pre.get("sigma_min", 0.002),
+        sigma_max=pre.get("sigma_max", 80.0),
+        data_range=config.get("data_range", (-1.0, 1.0)),
+        image_size=config["unet"]["image_size"],
+        channels=config["unet"]["channels"],
+    )
+    denoiser.config = config
+    return denoiser.to(device)
+
+
+def _register_bundled() -> None:
+    for name in bundled_priors():
+        register("prior", name)(lambda name=name, **kw: load_prior(name, **kw))
+
+
+_register_bundled()

@@ -1,0 +1,83 @@
+"""Noise-level schedules, in float64, as descending ``(n + 1,)`` tensors ending with ``0``.
+
+A sampler takes ``n`` steps ``sigmas[i] → sigmas[i + 1]``; the last step lands on the clean image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["karras_sigmas", "ve_sigmas", "vp_sigmas", "ddpm_sigmas", "sigmas_from_alphas_cumprod", "ve_g"]
+
+
+def _check(n: int, sigma_min: float, sigma_max: float) -> None:
+    if int(n) < 1:
+        raise ValueError(f"the number of steps must be >= 1, got {n}")
+    if not (0 < sigma_min < sigma_max):
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+
+
+def _append_zero(s: Tensor) -> Tensor:
+    return torch.cat([s, s.new_zeros(1)])
+
+
+def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
+    """EDM schedule (Karras et al. 2022, Eq. 5): ``σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ``."""
+    _check(n, sigma_min, sigma_max)
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return _append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def ve_sigmas(n: int, sigma_min: float = 0.01, sigma_max: float = 50.0) -> Tensor:
+    """VE SDE schedule (Song et al. 2021): geometric, ``σ(t) = σ_min (σ_max/σ_min)^t``, t from 1 to 0 in n points."""
+    _check(n, sigma_min, sigma_max)
+    t = torch.linspace(1, 0, n, dtype=torch.float64) if n > 1 else torch.ones(1, dtype=torch.float64)
+    return _append_zero(sigma_min * (sigma_max / sigma_min) ** t)
+
+
+def vp_sigmas(n: int, beta_min: float = 0.1, beta_max: float = 20.0, eps: float = 1e-3) -> Tensor:
+    """Continuous VP SDE with linear β (Song et al. 2021) mapped to VE: ``σ(t) = sqrt((1 - ᾱ(t)) / ᾱ(t))``,
+    ``ᾱ(t) = exp(-½ (β_max - β_min) t² - β_min t)``, t from 1 to ``eps`` in n points."""
+    if int(n) < 1:
+        raise ValueError(f"the number of steps must be >= 1, got {n}")
+    t = torch.linspace(1, eps, n, dtype=torch.float64)
+    log_alpha_bar = -0.5 * (beta_max - beta_min) * t**2 - beta_min * t
+    return _append_zero(torch.sqrt(torch.expm1(-log_alpha_bar)))
+
+
+def sigmas_from_alphas_cumprod(alphas_cumprod) -> Tensor:
+    """Per-timestep VE noise levels ``σ_t = sqrt((1 - ᾱ_t) / ᾱ_t)`` (ascending in t), float64."""
+    a = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    if a.ndim != 1 or not bool(((a > 0) & (a <= 1)).all()):
+        raise ValueError("alphas_cumprod must be a 1-D sequence of values in (0, 1]")
+    return torch.sqrt((1 - a) / a)
+
+
+def ddpm_sigmas(alphas_cumprod, n: int, spacing: str = "leading") -> tuple[Tensor, Tensor]:
+    """The noise levels a DDPM sampler with ``n`` inference steps visits, mapped to VE.
+
+    ``spacing="leading"`` is diffusers' default: timesteps ``(T // n) · [n-1, ..., 1, 0]`` (e.g. 990, 980, ..., 0
+    for T = 1000, n = 100). Returns ``(sigmas, timesteps)`` with ``sigmas`` of shape ``(n + 1,)`` ending in 0.
+    """
+    sig = sigmas_from_alphas_cumprod(alphas_cumprod)
+    T = sig.numel()
+    if not 1 <= n <= T:
+        raise ValueError(f"n must be in [1, {T}], got {n}")
+    if spacing == "leading":
+        steps = torch.arange(n - 1, -1, -1) * (T // n)
+    elif spacing == "trailing":
+        steps = (torch.arange(T, 0, -T / n).round().long() - 1).clamp_min(0)
+    elif spacing == "linspace":
+        steps = torch.linspace(T - 1, 0, n).round().long()
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; choose leading, trailing or linspace")
+    return _append_zero(sig[steps]), steps
+
+
+def ve_g(sigma: float, sigma_min: float, sigma_max: float) -> float:
+    """Diffusion coefficient of the geometric VE SDE: ``g(t) = σ(t) sqrt(2 ln(σ_max / σ_min))``."""
+    return sigma * math.sqrt(2 * math.log(sigma_max / sigma_min))

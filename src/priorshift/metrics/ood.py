@@ -1,0 +1,312 @@
+"""Dataset-level OOD detection metrics: AUROC, AUPR-in/out, FPR at a fixed TPR in both published conventions.
+
+Every function takes the scores of the in-distribution samples and of the out-of-distribution samples as two
+separate 1-D array-likes (numpy arrays, lists, or torch tensors of any float/int dtype, on any device).
+**Higher score = more OOD**, as everywhere in priorshift; OOD is the positive class unless a name says otherwise.
+
+Everything is computed from one sort of the pooled scores (no Python loop over samples), in float64, with
+integer counts, and reproduces scikit-learn exactly (to rounding, ~1e-15):
+
+======================  ================================================================================
+``auroc``               ``roc_auc_score(y, s)`` with y = 1 for OOD; ties count one half.
+``aupr_out``            ``average_precision_score(y, s)`` with y = 1 for OOD (OOD positive).
+``aupr_in``             ``average_precision_score(1 - y, -s)`` (ID positive, scores negated).
+``fpr_at_95_tpr_ood``   ``fpr[np.searchsorted(tpr, 0.95)]`` on ``roc_curve(y, s, drop_intermediate=False)``.
+``fpr_at_95_tpr_id``    the same reading of ``roc_curve(1 - y, -s, drop_intermediate=False)``.
+``roc_curve``           ``roc_curve(y, s)`` (``drop_intermediate=False`` by default).
+======================  ================================================================================
+
+Conventions, and how they differ from the two reference libraries:
+
+* **AUPR is average precision** (the step-function sum ``Σ_n (R_n − R_{n−1}) P_n``), not the trapezoidal area
+  ``auc(recall, precision)`` that OpenOOD and pytorch-ood report. The trapezoid interpolates precision linearly
+  between operating points, which is optimistic (Davis & Goadrich, ICML 2006); the numbers differ, mostly when
+  there are few samples or many ties.
+* **FPR at 95% TPR** exists in two conventions that give different numbers on the same scores (see
+  :func:`fpr_at_tpr`). ``fpr_at_95_tpr_ood`` is pytorch-ood's ``FPR95TPR`` and the FPR@95 column of the
+  OpenOOD v1.5 evaluator; ``fpr_at_95_tpr_id`` is the ID-positive convention of ODIN / Mahalanobis
+  ("TNR at 95% TPR" = 1 − it) and of OpenOOD's older ``fpr_recall`` helper. Always report which one.
+* Values are fractions in [0, 1] (OpenOOD prints percent).
+
+References:
+    Kirchheim, Filax, Ortmeier, "PyTorch-OOD: A library for out-of-distribution detection based on PyTorch",
+    CVPR Workshops 2022 (``pytorch_ood.utils.metrics.fpr_at_tpr``, ``OODMetrics``).
+    Yang et al., "OpenOOD: Benchmarking generalized out-of-distribution detection", NeurIPS 2022 Datasets and
+    Benchmarks; Zhang et al., "OpenOOD v1.5: Enhanced benchmark for out-of-distribution detection", 2023
+    (``openood/evaluators/metrics.py``: ``auc_and_fpr_recall`` and the older ``fpr_recall``).
+    Liang, Li, Srikant, "Enhancing the reliability of out-of-distribution image detection in neural networks"
+    (ODIN), ICLR 2018 — FPR at 95% TPR with in-distribution as the positive class.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+__all__ = [
+    "auroc",
+    "aupr_in",
+    "aupr_out",
+    "fpr_at_tpr",
+    "fpr_at_95_tpr_ood",
+    "fpr_at_95_tpr_id",
+    "ood_metrics",
+    "roc_curve",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input handling
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _to_numpy(x, name: str) -> np.ndarray:
+    """Any array-like (numpy, list, torch tensor on any device) -> numpy array, without copying when possible."""
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise ValueError(f"{name} must be real-valued, got a complex tensor ({x.dtype})")
+        x = x.detach()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(torch.float32)  # numpy has no bfloat16; float16 -> float32 is exact
+        return x.cpu().numpy()
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as exc:  # ragged lists and the like
+        raise ValueError(f"{name} could not be converted to an array: {exc}") from None
+    return arr
+
+
+def _as_scores(x, name: str) -> np.ndarray:
+    """Validate one set of scores: numeric, 1-D, non-empty, finite. Returns float64."""
+    arr = _to_numpy(x, name)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold real numbers, got an array of dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(
+            f"{name} must be 1-D (one score per sample), got shape {tuple(arr.shape)}; "
+            "flatten it first (e.g. scores.reshape(-1)) if that is what you mean"
+        )
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty; every metric needs at least one ID and one OOD score")
+    arr = arr.astype(np.float64, copy=False)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = int(arr.size - np.count_nonzero(finite))
+        raise ValueError(f"{name} contains {bad} NaN/Inf value(s) out of {arr.size}; clean the scores first")
+    return arr
+
+
+def _pair(scores_id, scores_ood) -> tuple[np.ndarray, np.ndarray]:
+    return _as_scores(scores_id, "scores_id"), _as_scores(scores_ood, "scores_ood")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the one sort every metric is read from
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _curve(scores: np.ndarray, pos_w: np.ndarray, neg_w: np.ndarray):
+    """Cumulative positive / negative counts above each distinct threshold.
+
+    ``scores`` (N,) float64; ``pos_w``, ``neg_w`` (N,) non-negative integer weights (1/0 labels, or pixel counts
+    for pooled-pixel metrics). Returns ``thresholds`` (distinct scores, descending), ``tps`` and ``fps`` (int64):
+    the total positive / negative weight of the samples scored ``>= thresholds[i]`` — exactly sklearn's
+    ``_binary_clf_curve``.
+    """
+    order = np.argsort(scores, kind="stable")[::-1]
+    s = scores[order]
+    # last index of each run of equal scores (in descending order)
+    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]
+    tps = np.cumsum(pos_w[order], dtype=np.int64)[ends]
+    fps = np.cumsum(neg_w[order], dtype=np.int64)[ends]
+    return s[ends], tps, fps
+
+
+def _auc_from_counts(tps: np.ndarray, fps: np.ndarray) -> float:
+    """Area under the ROC step curve through (0, 0) and the (fps, tps) points; ties (diagonal steps) count ½.
+
+    Trapezoids in integer arithmetic: ``Σ Δfp · (tp_prev + tp) / (2 P N)`` — exact before the final division.
+    """
+    n_pos, n_neg = int(tps[-1]), int(fps[-1])
+    dfp = np.diff(fps, prepend=0)
+    tp_sum = tps + np.r_[0, tps[:-1]]
+    if 2 * n_pos * n_neg < 2**62:
+        twice_area = int(np.dot(dfp, tp_sum))
+    else:  # astronomically many pooled pixels: fall back to float
+        twice_area = float(np.dot(dfp.astype(np.float64), tp_sum.astype(np.float64)))
+    return twice_area / (2.0 * n_pos * n_neg)
+
+
+def _ap_from_counts(tps: np.ndarray, fps: np.ndarray) -> float:
+    """Average precision ``Σ (R_i − R_{i−1}) P_i`` over distinct thresholds (sklearn's definition)."""
+    n_pos = tps[-1]
+    dtp = np.diff(tps, prepend=0).astype(np.float64)
+    precision = tps / (tps + fps)  # tps + fps > 0 at every distinct threshold
+    return float(max(0.0, np.sum(dtp / n_pos * precision)))
+
+
+def _labelled(pos: np.ndarray, neg: np.ndarray):
+    scores = np.concatenate([neg, pos])
+    is_pos = np.zeros(scores.size, dtype=np.int64)
+    is_pos[neg.size :] = 1
+    return scores, is_pos, 1 - is_pos
+
+
+def _auroc(s_id: np.ndarray, s_ood: np.ndarray) -> float:
+    _, tps, fps = _curve(*_labelled(s_ood, s_id))
+    return _auc_from_counts(tps, fps)
+
+
+def _ap(pos: np.ndarray, neg: np.ndarray) -> float:
+    _, tps, fps = _curve(*_labelled(pos, neg))
+    return _ap_from_counts(tps, fps)
+
+
+def _fpr_at_tpr(pos: np.ndarray, neg: np.ndarray, tpr: float) -> float:
+    """FPR at the highest threshold whose TPR is >= ``tpr``; ``pos``/``neg`` scored so that higher = positive."""
+    n_pos = pos.size
+    # smallest count k with k / n_pos >= tpr, computed exactly as sklearn's tpr = tps / tps[-1]
+    k = int(np.searchsorted(np.arange(1, n_pos + 1) / n_pos, tpr, side="left")) + 1
+    thr = np.sort(pos)[n_pos - k]  # k-th largest positive score
+    return np.count_nonzero(neg >= thr) / neg.size
+
+
+def _check_tpr(tpr) -> float:
+    tpr = float(tpr)
+    if not (0.0 < tpr <= 1.0):
+        raise ValueError(f"tpr must be in (0, 1] (a fraction, e.g. 0.95, not a percentage), got {tpr}")
+    return tpr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public metrics
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def auroc(scores_id, scores_ood) -> float:
+    """Area under the ROC curve, OOD as the positive class, higher score = more OOD.
+
+    Equals the probability that a random OOD sample scores above a random ID sample, ties counting ½
+    (the Mann–Whitney U statistic / (n_id · n_ood)); identical to ``sklearn.metrics.roc_auc_score(y, s)`` with
+    y = 1 for OOD. 0.5 is chance, 1 is perfect separation, 0 is perfectly inverted.
+
+    Args:
+        scores_id: (n_id,) scores of in-distribution samples (numpy, list or torch; finite, non-empty).
+        scores_ood: (n_ood,) scores of out-of-distribution samples.
+    """
+    return _auroc(*_pair(scores_id, scores_ood))
+
+
+def aupr_out(scores_id, scores_ood) -> float:
+    """Area under the precision–recall curve with **OOD as the positive class**, as **average precision**.
+
+    ``AP = Σ_n (R_n − R_{n−1}) P_n`` over the distinct score thresholds (highest first), identical to
+    ``sklearn.metrics.average_precision_score(y, s)`` with y = 1 for OOD. Not the trapezoidal
+    ``auc(recall, precision)`` of OpenOOD / pytorch-ood (see the module docstring). Chance level is
+    n_ood / (n_id + n_ood).
+    """
+    s_id, s_ood = _pair(scores_id, scores_ood)
+    return _ap(s_ood, s_id)
+
+
+def aupr_in(scores_id, scores_ood) -> float:
+    """Area under the precision–recall curve with **ID as the positive class**, as **average precision**.
+
+    The scores are negated (higher ``-score`` = more ID) and ID is labelled 1: identical to
+    ``sklearn.metrics.average_precision_score(1 - y, -s)``. Chance level is n_id / (n_id + n_ood).
+    """
+    s_id, s_ood = _pair(scores_id, scores_ood)
+    return _ap(-s_id, -s_ood)
+
+
+def fpr_at_tpr(
+    scores_id, scores_ood, tpr: float = 0.95, *, positive: Literal["ood", "id"] = "ood"
+) -> float:
+    """False-positive rate at the operating point that keeps at least ``tpr`` of the positive class.
+
+    ``positive="ood"`` (pytorch-ood's ``FPR95TPR``; OpenOOD v1.5's FPR@95 column): an image is flagged OOD when
+    ``score >= t``. ``t`` is the **highest** threshold that still flags at least ``tpr`` of the OOD samples,
+    i.e. the k-th largest OOD score with ``k`` the smallest count such that ``k / n_ood >= tpr``. Returns the
+    fraction of ID samples scored ``>= t`` (ID wrongly flagged).
+
+    ``positive="id"`` (ODIN / Mahalanobis; OpenOOD's older ``fpr_recall``): an image is kept as ID when
+    ``score <= t``. ``t`` is the **lowest** threshold that still keeps at least ``tpr`` of the ID samples (the
+    k-th smallest ID score, ``k / n_id >= tpr``). Returns the fraction of OOD samples scored ``<= t`` (OOD
+    wrongly kept as ID).
+
+    Equivalently, with sklearn (``y`` = 1 for the positive class, ``s`` the scores negated when ID is positive)::
+
+        fpr, tpr_, _ = roc_curve(y, s, drop_intermediate=False)
+        fpr[np.searchsorted(tpr_, tpr)]          # = fpr[np.argmax(tpr_ >= tpr)]
+
+    Ties sit on the side of the positive class (all samples tied with ``t`` are on the flagged side). The two
+    conventions are different numbers on the same scores (not 1 − each other); on 500 N(0,1) ID vs 500 N(2,1)
+    OOD scores they differ by a few points. sklearn's default ``drop_intermediate=True`` can skip the first point
+    with TPR >= ``tpr`` when it lies on a straight run of tied scores, so OpenOOD's own code (which uses the
+    default) can read a slightly larger FPR than this on heavily tied scores; pytorch-ood (torchmetrics'
+    ``binary_roc``) agrees with this definition.
+
+    Args:
+        scores_id, scores_ood: 1-D scores, higher = more OOD.
+        tpr: the target true-positive rate, a fraction in (0, 1] (default 0.95).
+        positive: which class is "positive" — ``"ood"`` or ``"id"``.
+    """
+    s_id, s_ood = _pair(scores_id, scores_ood)
+    tpr = _check_tpr(tpr)
+    if positive == "ood":
+        return _fpr_at_tpr(s_ood, s_id, tpr)
+    if positive == "id":
+        return _fpr_at_tpr(-s_id, -s_ood, tpr)
+    raise ValueError(f"positive must be 'ood' or 'id', got {positive!r}")
+
+
+def fpr_at_95_tpr_ood(scores_id, scores_ood) -> float:
+    """FPR at 95% TPR with **OOD positive** (pytorch-ood ``FPR95TPR``): the fraction of ID samples scored at or
+    above the highest threshold that still catches >= 95% of the OOD samples. See :func:`fpr_at_tpr`."""
+    return fpr_at_tpr(scores_id, scores_ood, 0.95, positive="ood")
+
+
+def fpr_at_95_tpr_id(scores_id, scores_ood) -> float:
+    """FPR at 95% TPR with **ID positive** (ODIN; OpenOOD's ``fpr_recall``): the threshold keeps >= 95% of the ID
+    samples (those scored at or below it); returns the fraction of OOD samples wrongly kept as ID. See
+    :func:`fpr_at_tpr`."""
+    return fpr_at_tpr(scores_id, scores_ood, 0.95, positive="id")
+
+
+def ood_metrics(scores_id, scores_ood) -> dict:
+    """All dataset-level metrics at once (inputs validated once), as plain Python numbers.
+
+    Returns a dict with keys ``auroc``, ``aupr_in``, ``aupr_out`` (average precision), ``fpr95_ood_positive``
+    (:func:`fpr_at_95_tpr_ood`), ``fpr95_id_positive`` (:func:`fpr_at_95_tpr_id`) — fractions in [0, 1] — and
+    the sample counts ``n_id``, ``n_ood``. Higher score = more OOD.
+    """
+    s_id, s_ood = _pair(scores_id, scores_ood)
+    return {
+        "auroc": _auroc(s_id, s_ood),
+        "aupr_in": _ap(-s_id, -s_ood),
+        "aupr_out": _ap(s_ood, s_id),
+        "fpr95_ood_positive": _fpr_at_tpr(s_ood, s_id, 0.95),
+        "fpr95_id_positive": _fpr_at_tpr(-s_id, -s_ood, 0.95),
+        "n_id": int(s_id.size),
+        "n_ood": int(s_ood.size),
+    }
+
+
+def roc_curve(scores_id, scores_ood, *, drop_intermediate: bool = False):
+    """The ROC curve, OOD positive, for plotting: ``(fpr, tpr, thresholds)``, float64 numpy arrays.
+
+    ``thresholds`` are the distinct scores in decreasing order preceded by ``+inf``; ``fpr[i]`` / ``tpr[i]`` are
+    the fractions of ID / OOD samples scored ``>= thresholds[i]`` (so the curve starts at (0, 0) and ends at
+    (1, 1)). Identical to ``sklearn.metrics.roc_curve(y, s, drop_intermediate=drop_intermediate)`` with y = 1 for
+    OOD, including sklearn's rule for dropping collinear points when ``drop_intermediate=True``.
+    """
+    s_id, s_ood = _pair(scores_id, scores_ood)
+    thr, tps, fps = _curve(*_labelled(s_ood, s_id))
+    if drop_intermediate and tps.size > 2:
+        keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+        thr, tps, fps = thr[keep], tps[keep], fps[keep]
+    fpr = np.r_[0, fps] / s_id.size
+    tpr = np.r_[0, tps] / s_ood.size
+    return fpr.astype(np.float64), tpr.astype(np.float64), np.r_[np.inf, thr]
