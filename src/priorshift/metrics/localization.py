@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .ood import _auc_from_counts, _auroc, _curve, _to_numpy
+from .ood import _auc_from_counts, _curve, _ood_curve, _to_numpy
 
 __all__ = [
     "BlockAUROC",
@@ -105,10 +105,10 @@ def _block_counts(mask: np.ndarray, block: int) -> np.ndarray:
 
 
 def _prepare(score_map, pixel_mask, block, body_mask):
-    """Validate everything; return the map (B, h, w) and per-block counts of OOD / body pixels.
+    """Validate everything; return the map (B, h, w), per-block pixel counts and the block size.
 
-    ``ood`` counts OOD pixels **inside the body** (all OOD pixels without a body mask); ``body`` counts body pixels
-    (``block²`` without a body mask) and ``body_any`` / ``body_all`` the usual block rules.
+    Counts (int64, (B, h, w)): ``ood_all`` OOD pixels; ``ood`` OOD pixels inside the body; ``body_n`` body pixels
+    (without a body mask: ``ood = ood_all`` and ``body_n = block²``).
     """
     smap = _as_map(score_map)
     mask = _as_mask(pixel_mask, "pixel_mask")
@@ -126,13 +126,10 @@ def _prepare(score_map, pixel_mask, block, body_mask):
             f"score_map has shape {tuple(smap.shape)} but pixel_mask {tuple(mask.shape)} with block={block} "
             f"needs a (B, H/block, W/block) = {want} map"
         )
+    ood_all = _block_counts(mask, block)
     if body_mask is None:
-        ood = _block_counts(mask, block)
-        body_n = np.full(want, block * block, dtype=np.int64)
-    else:
-        ood = _block_counts(mask & body, block)
-        body_n = _block_counts(body, block)
-    return smap, ood, body_n, block
+        return smap, ood_all, ood_all, np.full(want, block * block, dtype=np.int64), block
+    return smap, ood_all, _block_counts(mask & body, block), _block_counts(body, block), block
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,8 +182,8 @@ def block_auroc(
     """KLIP's image-level localization AUROC: per image, the AUROC of its block scores against its block labels.
 
     For image ``b``: a block is **positive** if any of its pixels is OOD in ``pixel_mask`` (see
-    :func:`block_labels`). With ``body_mask``, only the blocks that touch the body (contain **any** body pixel;
-    ``body_rule="all"``: consist only of body pixels) are scored, and OOD pixels outside the body are ignored.
+    :func:`block_labels`; labels come from ``pixel_mask`` alone). With ``body_mask``, only the blocks that touch
+    the body (contain **any** body pixel; ``body_rule="all"``: consist only of body pixels) are scored.
     The AUROC over the scored blocks (ties count ½, = ``sklearn.metrics.roc_auc_score``) is ``per_image[b]``;
     higher block score = more OOD. An image whose scored blocks are all one class — no OOD block (every ID
     image), only OOD blocks, or no scored block at all — has no ROC: it gets NaN and is counted in
@@ -203,9 +200,9 @@ def block_auroc(
     """
     if body_rule not in ("any", "all"):
         raise ValueError(f"body_rule must be 'any' or 'all', got {body_rule!r}")
-    smap, ood, body_n, block = _prepare(score_map, pixel_mask, block, body_mask)
+    smap, ood_all, _, body_n, block = _prepare(score_map, pixel_mask, block, body_mask)
     B = smap.shape[0]
-    pos = (ood > 0).reshape(B, -1)
+    pos = (ood_all > 0).reshape(B, -1)
     scored = (body_n > 0 if body_rule == "any" else body_n == block * block).reshape(B, -1)
     flat = smap.reshape(B, -1)
     n_pos = (pos & scored).sum(axis=1)
@@ -214,7 +211,7 @@ def block_auroc(
     per_image = np.full(B, np.nan)
     for b in np.flatnonzero(ok):  # one vectorized AUROC per image with both classes
         s, p = flat[b][scored[b]], pos[b][scored[b]]
-        per_image[b] = _auroc(s[~p], s[p])
+        per_image[b] = _auc_from_counts(*_ood_curve(s[~p], s[p]))
     per_image.setflags(write=False)
     n_scored = int(ok.sum())
     vals = per_image[ok]
@@ -238,7 +235,7 @@ def pixel_auroc(score_map, pixel_mask, block: int, body_mask=None) -> float:
 
     Raises ``ValueError`` when the pooled pixels are all one class.
     """
-    smap, ood, body_n, _ = _prepare(score_map, pixel_mask, block, body_mask)
+    smap, _, ood, body_n, _ = _prepare(score_map, pixel_mask, block, body_mask)
     pos_w = ood.ravel()
     neg_w = (body_n - ood).ravel()
     if pos_w.sum() == 0 or neg_w.sum() == 0:
@@ -265,7 +262,7 @@ def dice(score_map, pixel_mask, block: int, threshold: float, body_mask=None) ->
     both are restricted to body pixels. ``Dice = 2|P ∩ G| / (|P| + |G|)``, defined as 1 when both are empty
     (an ID image correctly left blank). Returns ``(B,)`` float64.
     """
-    smap, ood, body_n, _ = _prepare(score_map, pixel_mask, block, body_mask)
+    smap, _, ood, body_n, _ = _prepare(score_map, pixel_mask, block, body_mask)
     threshold = float(threshold)
     if np.isnan(threshold):
         raise ValueError("threshold must be a number, got NaN")
@@ -296,7 +293,7 @@ def best_dice(score_map, pixel_mask, block: int, body_mask=None, *, thresholds=N
     Among equally good thresholds the highest is returned. ``per_image`` and ``mean`` are then recomputed
     exactly with :func:`dice`.
     """
-    smap, ood, body_n, _ = _prepare(score_map, pixel_mask, block, body_mask)
+    smap, _, ood, body_n, _ = _prepare(score_map, pixel_mask, block, body_mask)
     B = smap.shape[0]
     s = smap.reshape(B, -1)
     order = np.argsort(-s, axis=1, kind="stable")  # descending per image

@@ -23,9 +23,11 @@ Conventions, and how they differ from the two reference libraries:
   between operating points, which is optimistic (Davis & Goadrich, ICML 2006); the numbers differ, mostly when
   there are few samples or many ties.
 * **FPR at 95% TPR** exists in two conventions that give different numbers on the same scores (see
-  :func:`fpr_at_tpr`). ``fpr_at_95_tpr_ood`` is pytorch-ood's ``FPR95TPR`` and the FPR@95 column of the
-  OpenOOD v1.5 evaluator; ``fpr_at_95_tpr_id`` is the ID-positive convention of ODIN / Mahalanobis
-  ("TNR at 95% TPR" = 1 − it) and of OpenOOD's older ``fpr_recall`` helper. Always report which one.
+  :func:`fpr_at_tpr`). ``fpr_at_95_tpr_ood`` is pytorch-ood's ``FPR95TPR`` and OpenOOD's FPR@95 since
+  OpenOOD PR #174 (2023-08-14, ``auc_and_fpr_recall``). ``fpr_at_95_tpr_id`` is the ID-positive convention of
+  ODIN ("TNR at 95% TPR" = 1 − it in Mahalanobis-style papers) and of OpenOOD v1.0 / early v1.5
+  (``fpr_recall``; its v1.0 form also rounded the ID count down and counted OOD strictly above the threshold,
+  so it can differ from this on small or tied samples). Always say which convention a number uses.
 * Values are fractions in [0, 1] (OpenOOD prints percent).
 
 References:
@@ -33,7 +35,8 @@ References:
     CVPR Workshops 2022 (``pytorch_ood.utils.metrics.fpr_at_tpr``, ``OODMetrics``).
     Yang et al., "OpenOOD: Benchmarking generalized out-of-distribution detection", NeurIPS 2022 Datasets and
     Benchmarks; Zhang et al., "OpenOOD v1.5: Enhanced benchmark for out-of-distribution detection", 2023
-    (``openood/evaluators/metrics.py``: ``auc_and_fpr_recall`` and the older ``fpr_recall``).
+    (``openood/evaluators/metrics.py``: ``auc_and_fpr_recall``, OOD positive since PR #174 of 2023-08-14, which
+    notes "Earlier the ID samples are treated as positive"; the older ``fpr_recall``).
     Liang, Li, Srikant, "Enhancing the reliability of out-of-distribution image detection in neural networks"
     (ODIN), ICLR 2018 — FPR at 95% TPR with in-distribution as the positive class.
 """
@@ -154,23 +157,32 @@ def _labelled(pos: np.ndarray, neg: np.ndarray):
     return scores, is_pos, 1 - is_pos
 
 
-def _auroc(s_id: np.ndarray, s_ood: np.ndarray) -> float:
+def _ood_curve(s_id: np.ndarray, s_ood: np.ndarray):
+    """The one sort: cumulative (OOD, ID) counts scored ``>=`` each distinct threshold, highest first."""
     _, tps, fps = _curve(*_labelled(s_ood, s_id))
-    return _auc_from_counts(tps, fps)
+    return tps, fps
 
 
-def _ap(pos: np.ndarray, neg: np.ndarray) -> float:
-    _, tps, fps = _curve(*_labelled(pos, neg))
-    return _ap_from_counts(tps, fps)
+def _flip(tps: np.ndarray, fps: np.ndarray):
+    """The same curve with the roles swapped and the scores negated (no re-sort).
+
+    At distinct threshold ``v`` the ID-positive curve of ``-scores`` counts the samples scored ``<= v``:
+    ``n − (count scored > v)``, read from the previous point of the descending curve, in ascending order of ``v``.
+    """
+    n_pos, n_neg = tps[-1], fps[-1]
+    neg_le = n_neg - np.r_[0, fps[:-1]]
+    pos_le = n_pos - np.r_[0, tps[:-1]]
+    return neg_le[::-1], pos_le[::-1]
 
 
-def _fpr_at_tpr(pos: np.ndarray, neg: np.ndarray, tpr: float) -> float:
-    """FPR at the highest threshold whose TPR is >= ``tpr``; ``pos``/``neg`` scored so that higher = positive."""
-    n_pos = pos.size
-    # smallest count k with k / n_pos >= tpr, computed exactly as sklearn's tpr = tps / tps[-1]
-    k = int(np.searchsorted(np.arange(1, n_pos + 1) / n_pos, tpr, side="left")) + 1
-    thr = np.sort(pos)[n_pos - k]  # k-th largest positive score
-    return np.count_nonzero(neg >= thr) / neg.size
+def _fpr_from_counts(tps: np.ndarray, fps: np.ndarray, tpr: float) -> float:
+    """FPR at the first (highest) threshold whose TPR is >= ``tpr``.
+
+    ``tps / tps[-1]`` is computed exactly as sklearn's ``tpr`` (integer counts divided by the total), so the
+    comparison with ``tpr`` agrees bit for bit with ``np.searchsorted(roc_curve(...)[1], tpr)``.
+    """
+    i = int(np.searchsorted(tps / tps[-1], tpr, side="left"))
+    return int(fps[i]) / int(fps[-1])
 
 
 def _check_tpr(tpr) -> float:
@@ -196,7 +208,7 @@ def auroc(scores_id, scores_ood) -> float:
         scores_id: (n_id,) scores of in-distribution samples (numpy, list or torch; finite, non-empty).
         scores_ood: (n_ood,) scores of out-of-distribution samples.
     """
-    return _auroc(*_pair(scores_id, scores_ood))
+    return _auc_from_counts(*_ood_curve(*_pair(scores_id, scores_ood)))
 
 
 def aupr_out(scores_id, scores_ood) -> float:
@@ -207,8 +219,7 @@ def aupr_out(scores_id, scores_ood) -> float:
     ``auc(recall, precision)`` of OpenOOD / pytorch-ood (see the module docstring). Chance level is
     n_ood / (n_id + n_ood).
     """
-    s_id, s_ood = _pair(scores_id, scores_ood)
-    return _ap(s_ood, s_id)
+    return _ap_from_counts(*_ood_curve(*_pair(scores_id, scores_ood)))
 
 
 def aupr_in(scores_id, scores_ood) -> float:
@@ -217,8 +228,7 @@ def aupr_in(scores_id, scores_ood) -> float:
     The scores are negated (higher ``-score`` = more ID) and ID is labelled 1: identical to
     ``sklearn.metrics.average_precision_score(1 - y, -s)``. Chance level is n_id / (n_id + n_ood).
     """
-    s_id, s_ood = _pair(scores_id, scores_ood)
-    return _ap(-s_id, -s_ood)
+    return _ap_from_counts(*_flip(*_ood_curve(*_pair(scores_id, scores_ood))))
 
 
 def fpr_at_tpr(
@@ -226,12 +236,12 @@ def fpr_at_tpr(
 ) -> float:
     """False-positive rate at the operating point that keeps at least ``tpr`` of the positive class.
 
-    ``positive="ood"`` (pytorch-ood's ``FPR95TPR``; OpenOOD v1.5's FPR@95 column): an image is flagged OOD when
+    ``positive="ood"`` (pytorch-ood's ``FPR95TPR``; OpenOOD's FPR@95 since Aug. 2023): an image is flagged OOD when
     ``score >= t``. ``t`` is the **highest** threshold that still flags at least ``tpr`` of the OOD samples,
     i.e. the k-th largest OOD score with ``k`` the smallest count such that ``k / n_ood >= tpr``. Returns the
     fraction of ID samples scored ``>= t`` (ID wrongly flagged).
 
-    ``positive="id"`` (ODIN / Mahalanobis; OpenOOD's older ``fpr_recall``): an image is kept as ID when
+    ``positive="id"`` (ODIN; OpenOOD before Aug. 2023, ``fpr_recall``): an image is kept as ID when
     ``score <= t``. ``t`` is the **lowest** threshold that still keeps at least ``tpr`` of the ID samples (the
     k-th smallest ID score, ``k / n_id >= tpr``). Returns the fraction of OOD samples scored ``<= t`` (OOD
     wrongly kept as ID).
@@ -242,24 +252,26 @@ def fpr_at_tpr(
         fpr[np.searchsorted(tpr_, tpr)]          # = fpr[np.argmax(tpr_ >= tpr)]
 
     Ties sit on the side of the positive class (all samples tied with ``t`` are on the flagged side). The two
-    conventions are different numbers on the same scores (not 1 − each other); on 500 N(0,1) ID vs 500 N(2,1)
-    OOD scores they differ by a few points. sklearn's default ``drop_intermediate=True`` can skip the first point
+    conventions are different numbers on the same scores (not 1 − each other): they read the ROC curve at
+    TPR = 0.95 and at FPR = 0.05 of the swapped roles. Their population values coincide only for symmetric
+    cases such as equal-variance Gaussians, and even then finite samples differ (500 N(0,1) ID vs 500 N(2,1) OOD,
+    numpy seed 0: 0.324 OOD-positive vs 0.348 ID-positive); with ID ~ N(0,1) and OOD ~ N(2, 2²) the population
+    values are 0.90 vs 0.43. sklearn's default ``drop_intermediate=True`` can skip the first point
     with TPR >= ``tpr`` when it lies on a straight run of tied scores, so OpenOOD's own code (which uses the
-    default) can read a slightly larger FPR than this on heavily tied scores; pytorch-ood (torchmetrics'
-    ``binary_roc``) agrees with this definition.
+    default) can read a larger FPR than this on tied scores. pytorch-ood (torchmetrics' ``binary_roc``) agrees
+    with this definition for scores in [0, 1]; torchmetrics passes scores outside [0, 1] through a sigmoid first,
+    which in float32 merges scores above about 17 into ties.
 
     Args:
         scores_id, scores_ood: 1-D scores, higher = more OOD.
         tpr: the target true-positive rate, a fraction in (0, 1] (default 0.95).
         positive: which class is "positive" — ``"ood"`` or ``"id"``.
     """
-    s_id, s_ood = _pair(scores_id, scores_ood)
+    if positive not in ("ood", "id"):
+        raise ValueError(f"positive must be 'ood' or 'id', got {positive!r}")
     tpr = _check_tpr(tpr)
-    if positive == "ood":
-        return _fpr_at_tpr(s_ood, s_id, tpr)
-    if positive == "id":
-        return _fpr_at_tpr(-s_id, -s_ood, tpr)
-    raise ValueError(f"positive must be 'ood' or 'id', got {positive!r}")
+    curve = _ood_curve(*_pair(scores_id, scores_ood))
+    return _fpr_from_counts(*(curve if positive == "ood" else _flip(*curve)), tpr)
 
 
 def fpr_at_95_tpr_ood(scores_id, scores_ood) -> float:
@@ -269,7 +281,7 @@ def fpr_at_95_tpr_ood(scores_id, scores_ood) -> float:
 
 
 def fpr_at_95_tpr_id(scores_id, scores_ood) -> float:
-    """FPR at 95% TPR with **ID positive** (ODIN; OpenOOD's ``fpr_recall``): the threshold keeps >= 95% of the ID
+    """FPR at 95% TPR with **ID positive** (ODIN; OpenOOD before Aug. 2023): the threshold keeps >= 95% of the ID
     samples (those scored at or below it); returns the fraction of OOD samples wrongly kept as ID. See
     :func:`fpr_at_tpr`."""
     return fpr_at_tpr(scores_id, scores_ood, 0.95, positive="id")
@@ -283,12 +295,14 @@ def ood_metrics(scores_id, scores_ood) -> dict:
     the sample counts ``n_id``, ``n_ood``. Higher score = more OOD.
     """
     s_id, s_ood = _pair(scores_id, scores_ood)
+    out_curve = _ood_curve(s_id, s_ood)  # one sort serves every metric
+    in_curve = _flip(*out_curve)
     return {
-        "auroc": _auroc(s_id, s_ood),
-        "aupr_in": _ap(-s_id, -s_ood),
-        "aupr_out": _ap(s_ood, s_id),
-        "fpr95_ood_positive": _fpr_at_tpr(s_ood, s_id, 0.95),
-        "fpr95_id_positive": _fpr_at_tpr(-s_id, -s_ood, 0.95),
+        "auroc": _auc_from_counts(*out_curve),
+        "aupr_in": _ap_from_counts(*in_curve),
+        "aupr_out": _ap_from_counts(*out_curve),
+        "fpr95_ood_positive": _fpr_from_counts(*out_curve, 0.95),
+        "fpr95_id_positive": _fpr_from_counts(*in_curve, 0.95),
         "n_id": int(s_id.size),
         "n_ood": int(s_ood.size),
     }

@@ -1,0 +1,42 @@
+"""Metrics: dataset-level OOD detection (:mod:`.ood`), localization (:mod:`.localization`) and image quality
+(:mod:`.image`). Convention: **higher score = more shifted / more OOD**; OOD is the positive class unless a name
+says otherwise. The rank metrics reproduce scikit-learn exactly (it is only a test dependency)."""
+
+from .image import lpips_available, lpips_distance, psnr, ssim, ssim_map
+from .localization import BestDice, BlockAUROC, best_dice, block_auroc, block_labels, dice, pixel_auroc
+from .ood import (
+    aupr_in,
+    aupr_out,
+    auroc,
+    fpr_at_95_tpr_id,
+    fpr_at_95_tpr_ood,
+    fpr_at_tpr,
+    ood_metrics,
+    roc_curve,
+)
+
+__all__ = [
+    # ood
+    "auroc",
+    "aupr_in",
+    "aupr_out",
+    "fpr_at_tpr",
+    "fpr_at_95_tpr_ood",
+    "fpr_at_95_tpr_id",
+    "ood_metrics",
+    "roc_curve",
+    # localization
+    "BlockAUROC",
+    "BestDice",
+    "block_labels",
+    "block_auroc",
+    "pixel_auroc",
+    "dice",
+    "best_dice",
+    # image
+    "psnr",
+    "ssim",
+    "ssim_map",
+    "lpips_available",
+    "lpips_distance",
+]
