@@ -27,6 +27,10 @@ class LinearOperator:
     """
 
     name: str = "linear"
+    pinv_is_exact: bool = False
+    """True when ``A_pinv`` is the exact Moore–Penrose pseudo-inverse (then ``A A⁺`` is the orthogonal projection
+    onto the range of ``A``, and projection samplers may use it as is); the contract tests check the Penrose
+    conditions for every operator that declares it."""
 
     def __init__(self, noise_std: float = 0.0):
         self.noise_std = float(noise_std)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -40,9 +41,10 @@ class GaussianBlur(LinearOperator):
 
     def __init__(self, kernel_size: int, sigma: float, noise_std: float = 0.0, pinv_eps: float = 1e-3):
         super().__init__(noise_std)
-        if not isinstance(kernel_size, int) or kernel_size <= 0 or kernel_size % 2 == 0:
+        if not isinstance(kernel_size, numbers.Integral) or kernel_size <= 0 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        kernel_size = int(kernel_size)
+        if not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"sigma must be a positive number of pixels, got {sigma!r}")
         if not pinv_eps > 0:
             raise ValueError(f"pinv_eps must be positive, got {pinv_eps!r}")
@@ -54,6 +56,7 @@ class GaussianBlur(LinearOperator):
 
     @classmethod
     def example(cls, image_size: int = 16, channels: int = 1, noise_std: float = 0.05) -> "GaussianBlur":
+        """A small instance: 5 × 5 kernel, sigma 1 px."""
         return cls(kernel_size=5, sigma=1.0, noise_std=noise_std)
 
     def _transfer(self, t: Tensor) -> Tensor:

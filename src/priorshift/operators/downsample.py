@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 from torch import Tensor
 
 from priorshift._checks import check_image
@@ -21,15 +23,17 @@ class Downsample(LinearOperator):
     """
 
     name = "downsample"
+    pinv_is_exact = True
 
     def __init__(self, factor: int, noise_std: float = 0.0):
         super().__init__(noise_std)
-        if not isinstance(factor, int) or factor < 1:
+        if not isinstance(factor, numbers.Integral) or factor < 1:
             raise ValueError(f"factor must be a positive int, got {factor!r}")
-        self.factor = factor
+        self.factor = int(factor)
 
     @classmethod
     def example(cls, image_size: int = 16, channels: int = 1, noise_std: float = 0.05) -> "Downsample":
+        """A small instance: factor 2 (``image_size`` must be even)."""
         return cls(factor=2, noise_std=noise_std)
 
     def check_x(self, x: Tensor) -> Tensor:

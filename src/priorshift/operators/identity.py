@@ -19,12 +19,14 @@ class Identity(LinearOperator):
     """
 
     name = "identity"
+    pinv_is_exact = True
 
     def __init__(self, noise_std: float = 0.0):
         super().__init__(noise_std)
 
     @classmethod
     def example(cls, image_size: int = 16, channels: int = 1, noise_std: float = 0.05) -> "Identity":
+        """The identity with ``noise_std`` (sizes do not matter)."""
         return cls(noise_std=noise_std)
 
     def check_y(self, y: Tensor) -> Tensor:

@@ -25,6 +25,7 @@ class Inpainting(LinearOperator):
     """
 
     name = "inpainting"
+    pinv_is_exact = True
 
     def __init__(self, mask: Tensor, noise_std: float = 0.0):
         super().__init__(noise_std)
@@ -40,6 +41,7 @@ class Inpainting(LinearOperator):
 
     @classmethod
     def example(cls, image_size: int = 16, channels: int = 1, noise_std: float = 0.05) -> "Inpainting":
+        """A small instance: a random-pixel mask, half the pixels observed, fixed seed 0."""
         g = torch.Generator().manual_seed(0)
         return cls(random_pixel_mask(image_size, 0.5, generator=g), noise_std=noise_std)
 

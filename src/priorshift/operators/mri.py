@@ -48,11 +48,15 @@ class MRI(LinearOperator):
 
         Aᵀ y = Re(F⁻¹ shift⁻¹(M ⊙ view_as_complex(y))).
 
-    ``A_pinv = Aᵀ`` is the zero-filled reconstruction (the standard one; it is the Moore–Penrose inverse only
-    for conjugate-symmetric masks). Unsampled entries of ``y`` carry only noise.
+    Because ``x`` is real, ``F x`` is conjugate-symmetric (``X(-k) = conj X(k)``): a sample at ``k`` also tells
+    ``X(-k)``. The exact Moore–Penrose inverse is therefore the zero-filled reconstruction with that symmetry
+    used, ``A⁺ y = Aᵀ (W ⊙ y)``, ``W = 2`` where ``k`` is sampled but ``-k`` is not, else 1 (``A Aᵀ`` is
+    ``½ I`` on such samples and a projection on conjugate pairs); it equals the plain zero-filled ``Aᵀ y``
+    for conjugate-symmetric masks. Unsampled entries of ``y`` carry only noise.
     """
 
     name = "mri"
+    pinv_is_exact = True
 
     def __init__(self, mask: Tensor, noise_std: float = 0.0):
         super().__init__(noise_std)
@@ -70,15 +74,23 @@ class MRI(LinearOperator):
 
     @classmethod
     def example(cls, image_size: int = 16, channels: int = 1, noise_std: float = 0.05) -> "MRI":
+        """A small instance: Cartesian mask, acceleration 4, ``image_size // 8`` centre lines, fixed seed 0."""
         g = torch.Generator().manual_seed(0)
         return cls(cartesian_mask(image_size, 4, max(1, image_size // 8), generator=g), noise_std=noise_std)
 
-    def _mask(self, t: Tensor) -> Tensor:
+    def _masks(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(M, W)`` on ``t``'s device and dtype; refreshed when ``self.mask`` is replaced or modified in place."""
         key = (t.device, t.dtype)
         hit = self._cache.get(key)
         if hit is None or hit[0] is not self.mask or hit[1] != self.mask._version:
-            hit = self._cache[key] = (self.mask, self.mask._version, self.mask.to(device=t.device, dtype=t.dtype))
-        return hit[2]
+            m = self.mask.to(device=t.device, dtype=t.dtype)
+            mu = torch.fft.ifftshift(m)  # DC at (0, 0): the partner of index k is -k mod size
+            partner = torch.fft.fftshift(torch.roll(torch.flip(mu, (0, 1)), (1, 1), (0, 1)))
+            hit = self._cache[key] = (self.mask, self.mask._version, m, 1 + m * (1 - partner))
+        return hit[2], hit[3]
+
+    def _mask(self, t: Tensor) -> Tensor:
+        return self._masks(t)[0]
 
     def check_x(self, x: Tensor) -> Tensor:
         try:
@@ -101,7 +113,12 @@ class MRI(LinearOperator):
         return torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)), norm="ortho").real
 
     def A_pinv(self, y: Tensor) -> Tensor:
-        """Zero-filled reconstruction, ``= Aᵀ y``."""
+        """The exact pseudo-inverse ``Aᵀ (W ⊙ y)``: zero-filled reconstruction using conjugate symmetry."""
+        self.check_y(y)
+        return self.A_adjoint(y * self._masks(y)[1].unsqueeze(-1))
+
+    def zero_filled(self, y: Tensor) -> Tensor:
+        """The plain zero-filled reconstruction ``Aᵀ y = Re(F⁻¹ shift⁻¹(M ⊙ y))``."""
         return self.A_adjoint(y)
 
     def __repr__(self) -> str:
