@@ -1,0 +1,308 @@
+"""KLIP: localized distribution-shift detection from measurements (KL between prior and posterior,
+restricted to a time window and spatial blocks; arXiv 2605.31596, CVPR 2026).
+
+The KL between the posterior and the prior is a time integral of the likelihood score
+``s_l = ∇ log p_t(y | x)``, which a posterior sampler approximates at every step:
+
+    KL(p(x|y) ‖ p(x)) = ½ ∫ g(t)² E_{x_t ~ p_t(x|y)} ‖s_l(x_t, y; t)‖² dt                      (KLIP Eq. 12)
+
+KLIP restricts it to a window ``[t0, t1]`` and to each spatial block ``B_i``. With ``u_k`` the measurement
+step's displacement at step k (``StepState.likelihood_update``) normalized by the sampler's coefficient,
+
+    map[b, i] = mean_{k ∈ window} mean_{s ≤ S} Σ_{(c,p,q) ∈ B_i} u_{k,s}[c, p, q]²        (mean of squares)
+
+and the image score is ``max_i map[b, i]`` (the max keeps a small lesion from being diluted).
+
+The same accumulation, scaled as the integral, is reported as ``kl_nats``. A stochastic step moves ``x`` by
+``Δx_k = g_k² Δt_k · s_l`` (VE: ``g² Δt = σ_k² − σ_{k+1}²``), so ``f_k = E_s ‖Δx_k‖² / (g_k² Δt_k)²`` estimates
+``E ‖s_l‖²`` at ``σ_k``. Since ``½ ∫ E‖s_l‖² dσ² = ∫ σ² E‖s_l‖² d ln σ`` and the KL density per ``ln σ`` is
+smooth while ``E‖s_l‖²`` is sharply peaked at small σ, the integral is taken as a trapezoid in ``ln σ``:
+``kl_nats = Σ_{k ∈ window} σ_k² f_k w_k`` with ``w_k`` the width of step k's cell in ``ln σ`` (midpoints to
+the neighbouring steps). On a Gaussian prior this quadrature is exact to 0.1% at 25 steps, where the plain
+left Riemann sum ``½ Σ_k E_s ‖Δx_k‖² / (g_k² Δt_k)`` is 34% low. With exact guidance
+(:func:`priorshift.samplers.sample_exact`), the full window and one block, ``kl_nats`` converges to the
+closed-form ``KL(p(x|y) ‖ p(x))``; what is left is the sampler's own discretization error.
+
+Normalization of ``u_k = Δx_k / n_k`` (``normalization``): ``"g"`` — the diffusion coefficient of the VE SDE
+the step discretizes (the paper's song22 backend; proportional to the KL density when the steps are uniform in
+time); ``"kl"`` — each step weighted by its share of the KL integral, ``u_k = Δx_k sqrt(σ_k² w_k) / (g_k² Δt_k)``
+(preferable for non-uniform schedules such as Karras'; then ``map × n_window_steps`` is each block's KL in
+nats and sums over blocks to ``kl_nats``); ``"sigma_power"`` — ``σ^p`` (the paper's PaDIS backend, p = 0.5);
+``"none"``. The official DDPM backend divides by ``sqrt(β_t)`` of the VP schedule; in VE coordinates that is
+a different weighting of the window's steps — use ``"kl"`` or ``"g"`` here.
+
+``reduction="mean_of_squares"`` (default, the theory: ``E_s ‖u_s‖²``) or ``"square_of_mean"``
+(``‖E_s u_s‖²``, what the official legacy PaDIS/CelebA code computes): averaging the S samples' updates
+before squaring cancels their sampling noise, which suppresses the variance term of the KL; with S = 1 the
+two coincide.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from priorshift.diffusion.denoisers import as_counting
+from priorshift.diffusion.schedules import karras_sigmas, ve_sigmas
+from priorshift.registry import get, register
+from priorshift.samplers.hooks import block_energy
+from priorshift.types import Scores, StepState
+
+__all__ = ["KLIP", "KLIPAccumulator"]
+
+VARIANTS = ("klip", "whole_image", "spatial_only", "temporal_only")
+NORMALIZATIONS = ("g", "kl", "sigma_power", "none")
+REDUCTIONS = ("mean_of_squares", "square_of_mean")
+
+
+class KLIPAccumulator:
+    """The per-step hook: accumulates KLIP's block map, the KL in nats and a per-step curve online.
+
+    Memory is O(B · blocks + B · T); nothing of size (T, H, W) is stored.
+    """
+
+    def __init__(self, *, block: int, k0: int, k1: int, normalization: str, sigma_power: float, reduction: str, stage: str | None):
+        self.block, self.k0, self.k1 = block, k0, k1
+        self.normalization, self.sigma_power = normalization, sigma_power
+        self.reduction, self.stage = reduction, stage
+        self.block_sum: Tensor | None = None
+        self.kl = None
+        self.n_window = 0
+        self.curve: list[Tensor] = []  # per step: (B,) normalized update energy, mean over samples
+        self.kl_curve: list[Tensor] = []  # per step: (B,) contribution to the KL in nats
+        self.sigmas: list[float] = []
+        self._sigma_prev: float | None = None
+
+    def _log_sigma_cell(self, state: StepState) -> float:
+        """Width in ln σ of step k's trapezoid cell: from the midpoint with σ_{k-1} (or σ_0 itself) to the
+        midpoint with σ_{k+1} (or, on the last step to σ = 0, a half-cell mirrored from the upper side)."""
+        ls = math.log(state.sigma)
+        upper = 0.0 if self._sigma_prev is None else 0.5 * (math.log(self._sigma_prev) - ls)
+        if state.sigma_next > 0:
+            lower = 0.5 * (ls - math.log(state.sigma_next))
+        else:
+            lower = upper if upper > 0 else 0.5 * math.log(2.0)
+        return upper + lower
+
+    def _norm(self, state: StepState, kl_weight: float) -> float:
+        if self.normalization == "g":
+            return state.g
+        if self.normalization == "kl":
+            return 1.0 / math.sqrt(kl_weight)
+        if self.normalization == "sigma_power":
+            return state.sigma**self.sigma_power
+        return 1.0
+
+    def __call__(self, state: StepState) -> None:
+        if self.stage is None:
+            u = state.likelihood_update
+        else:
+            if self.stage not in state.likelihood_updates:
+                raise ValueError(f"the sampler reports likelihood stages {sorted(state.likelihood_updates)}, not {self.stage!r}")
+            u = state.likelihood_updates[self.stage]
+        u = u.detach()
+        per_sample = u.flatten(2).pow(2).sum(-1)  # (B, S) ‖Δx‖²
+        g2dt = state.g**2 * state.dt
+        # KL weight of this step: σ_k² w_k / (g² Δt)², so that weight · ‖Δx‖² = σ_k² ‖s_l‖² w_k.
+        kl_weight = state.sigma**2 * self._log_sigma_cell(state) / g2dt**2
+        self._sigma_prev = state.sigma
+        kl_step = per_sample.mean(1) * kl_weight  # (B,) this step's KL contribution in nats
+        n = self._norm(state, kl_weight)
+        self.curve.append((per_sample.mean(1) / n**2).to("cpu", torch.float64))
+        self.kl_curve.append(kl_step.to("cpu", torch.float64))
+        self.sigmas.append(state.sigma)
+        if not self.k0 <= state.i < self.k1:
+            return
+        un = u / n
+        if self.reduction == "mean_of_squares":
+            energy = block_energy(un, self.block).mean(1)  # (B, h, w)
+        else:
+            energy = block_energy(un.mean(1), self.block)
+        energy = energy.to(torch.float64)
+        self.block_sum = energy if self.block_sum is None else self.block_sum + energy
+        kl_step = kl_step.to(torch.float64)
+        self.kl = kl_step if self.kl is None else self.kl + kl_step
+        self.n_window += 1
+
+
+@dataclass(frozen=True)
+class _Window:
+    k0: int
+    k1: int
+
+
+@register("detector", "klip")
+class KLIP:
+    """KLIP detector: ``KLIP(prior, operator).score(y)`` → :class:`priorshift.types.Scores`.
+
+    Args:
+        prior: a denoiser ``D(x, σ)`` (a trained prior or an analytic one).
+        operator: the forward model that produced ``y``.
+        sampler: a registered sampler name — ``"dps"`` (default; ``sampler_params={"jacobian": False}`` for the
+            cheaper step without the network Jacobian), ``"projection"``, ``"langevin"``, ``"exact"`` (analytic priors).
+        steps: diffusion steps of the schedule; ``sigmas`` overrides the schedule entirely.
+        window: ``(a, b)`` fractions of the step list counted from the noisy end, ``0 ≤ a < b ≤ 1``; the steps
+            ``round(a·T) ≤ k < round(b·T)`` are used (the paper's [65, 85) of 100 is ``(0.65, 0.85)``). Sampling
+            stops at the window's end. ``window_sigma=(lo, hi)`` selects the steps with ``lo ≤ σ_k ≤ hi`` instead.
+        block: block size in pixels (must divide H and W); the map is (B, H/block, W/block).
+        samples: posterior samples S per measurement (batched with the images).
+        variant: ``"klip"``; or the paper's ablations ``"whole_image"`` (one block, full window),
+            ``"spatial_only"`` (blocks, full window), ``"temporal_only"`` (window, one block).
+        normalization, sigma_power, reduction: see the module docstring. ``stage``: which labelled likelihood
+            update to use (e.g. ``"corrector"`` for the projection sampler, as the paper's song22 backend); default all.
+        schedule: ``"karras"`` (ρ = 7) or ``"ve"`` (geometric) between ``sigma_min`` and ``sigma_max``.
+    """
+
+    def __init__(
+        self,
+        prior,
+        operator,
+        *,
+        sampler: str = "dps",
+        steps: int = 100,
+        window: tuple[float, float] = (0.65, 0.85),
+        window_sigma: tuple[float, float] | None = None,
+        block: int = 8,
+        samples: int = 4,
+        variant: str = "klip",
+        normalization: str = "g",
+        sigma_power: float = 0.5,
+        reduction: str = "mean_of_squares",
+        stage: str | None = None,
+        schedule: str = "karras",
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        sigmas: Tensor | None = None,
+        sampler_params: Mapping[str, Any] | None = None,
+        progress: bool = False,
+    ):
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+        if int(samples) != samples or samples < 1:
+            raise ValueError(f"samples must be an integer >= 1, got {samples}")
+        if int(block) != block or block < 1:
+            raise ValueError(f"block must be a positive integer, got {block}")
+        if window_sigma is None:
+            a, b = (float(v) for v in window)
+            if not (0.0 <= a < b <= 1.0):
+                raise ValueError(f"window must be (a, b) with 0 <= a < b <= 1 (fractions of the steps from the noisy end), got {window}")
+        else:
+            lo, hi = (float(v) for v in window_sigma)
+            if not 0 <= lo < hi:
+                raise ValueError(f"window_sigma must be (lo, hi) with 0 <= lo < hi, got {window_sigma}")
+        self.prior = prior
+        self.operator = operator
+        self.sampler_name = sampler
+        self.sampler = get("sampler", sampler)
+        self.sampler_params = dict(sampler_params or {})
+        self.samples = int(samples)
+        self.block = int(block)
+        self.variant = variant
+        self.normalization = normalization
+        self.sigma_power = float(sigma_power)
+        self.reduction = reduction
+        self.stage = stage
+        self.window = tuple(window)
+        self.window_sigma = window_sigma
+        self.progress = progress
+        if sigmas is None:
+            if int(steps) < 1:
+                raise ValueError(f"steps must be >= 1, got {steps}")
+            lo = max(float(getattr(prior, "sigma_min", 0.002)), 0.002) if sigma_min is None else float(sigma_min)
+            hi = min(float(getattr(prior, "sigma_max", 80.0)), 80.0) if sigma_max is None else float(sigma_max)
+            if schedule == "karras":
+                sigmas = karras_sigmas(int(steps), lo, hi)
+            elif schedule == "ve":
+                sigmas = ve_sigmas(int(steps), lo, hi)
+            else:
+                raise ValueError(f"unknown schedule {schedule!r}; choose karras or ve")
+        self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+        self._window = self._resolve_window()
+
+    def _resolve_window(self) -> _Window:
+        T = self.sigmas.numel() - 1
+        if self.variant in ("whole_image", "spatial_only"):
+            return _Window(0, T)
+        if self.window_sigma is not None:
+            lo, hi = self.window_sigma
+            ks = [k for k in range(T) if lo <= float(self.sigmas[k]) <= hi]
+            if not ks:
+                raise ValueError(f"window_sigma {self.window_sigma} contains none of the schedule's noise levels")
+            return _Window(ks[0], ks[-1] + 1)
+        a, b = self.window
+        k0, k1 = round(a * T), round(b * T)
+        if k1 <= k0:
+            raise ValueError(f"window {self.window} selects no step of a {T}-step schedule; widen it or use more steps")
+        return _Window(k0, k1)
+
+    @property
+    def window_steps(self) -> tuple[int, int]:
+        """``(k0, k1)``: the steps ``k0 ≤ k < k1`` the map averages over."""
+        return self._window.k0, self._window.k1
+
+    def fit(self, *args, **kwargs) -> "KLIP":
+        """KLIP needs no calibration data: a no-op kept for the common detector interface."""
+        return self
+
+    def score(self, y: Tensor, seed=0) -> Scores:
+        """Score measurements ``y`` (B, ...). ``seed``: an int (image b uses ``seed + b``) or one seed per image.
+
+        Returns ``Scores`` with ``score`` (B,) = max over blocks, ``map`` (B, H/block, W/block), ``nfe``, and
+        extras ``kl_nats`` (B,), ``curve`` (T_run, B) normalized update energy per step, ``kl_curve`` (T_run, B)
+        each step's KL contribution in nats,
+        ``sigmas`` (T_run,), ``window_steps``, ``nfe_per_image``, ``reconstruction`` (B, C, H, W) — the mean over
+        samples of the estimate where sampling stopped.
+        """
+        self.operator.check_y(y)
+        image_shape = tuple(self.operator.A_adjoint(y[:1]).shape[1:])
+        h, w = image_shape[-2:]
+        one_block = self.variant in ("whole_image", "temporal_only")
+        block = max(h, w) if one_block else self.block
+        if one_block and h != w:
+            raise ValueError("the single-block variants need square images")
+        if h % block or w % block:
+            raise ValueError(f"block {block} must divide the image size {h}×{w}")
+        k0, k1 = self.window_steps
+        acc = KLIPAccumulator(
+            block=block, k0=k0, k1=k1, normalization=self.normalization, sigma_power=self.sigma_power, reduction=self.reduction, stage=self.stage
+        )
+        hooks = [acc]
+        if self.progress:
+            from priorshift.samplers.hooks import ProgressBar
+
+            hooks.append(ProgressBar(total=k1, desc="KLIP"))
+        denoiser = as_counting(self.prior)
+        result = self.sampler(
+            denoiser, self.operator, y, self.sigmas, samples=self.samples, generator=seed, hooks=hooks, stop_after=k1, **self.sampler_params
+        )
+        block_map = acc.block_sum / acc.n_window
+        return Scores(
+            score=block_map.flatten(1).max(1).values,
+            map=block_map,
+            nfe=result.nfe,
+            extras={
+                "kl_nats": acc.kl,
+                "curve": torch.stack(acc.curve),
+                "kl_curve": torch.stack(acc.kl_curve),
+                "sigmas": torch.tensor(acc.sigmas, dtype=torch.float64),
+                "window_steps": (k0, k1),
+                "nfe_per_image": result.nfe_per_image,
+                "reconstruction": result.x0.mean(1),
+                "block": block,
+            },
+        )
+
+    def __repr__(self) -> str:
+        k0, k1 = self.window_steps
+        return (
+            f"KLIP(sampler={self.sampler_name!r}, steps={self.sigmas.numel() - 1}, window_steps=[{k0}, {k1}), block={self.block}, "
+            f"samples={self.samples}, variant={self.variant!r})"
+        )
