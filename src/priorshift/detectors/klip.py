@@ -52,7 +52,7 @@ from priorshift.registry import get, register
 from priorshift.samplers.hooks import block_energy
 from priorshift.types import Scores, StepState
 
-__all__ = ["KLIP", "KLIPAccumulator"]
+__all__ = ["KLIP", "KLIPAccumulator", "aggregate_step_maps"]
 
 VARIANTS = ("klip", "whole_image", "spatial_only", "temporal_only")
 NORMALIZATIONS = ("g", "kl", "sigma_power", "none")
@@ -65,8 +65,12 @@ class KLIPAccumulator:
     Memory is O(B · blocks + B · T); nothing of size (T, H, W) is stored.
     """
 
-    def __init__(self, *, block: int, k0: int, k1: int, normalization: str, sigma_power: float, reduction: str, stage: str | None):
+    def __init__(
+        self, *, block: int, k0: int, k1: int, normalization: str, sigma_power: float, reduction: str, stage: str | None, keep_steps: bool = False
+    ):
         self.block, self.k0, self.k1 = block, k0, k1
+        self.keep_steps = keep_steps
+        self.step_maps: list[Tensor] = []  # only with keep_steps: (B, h, w) per step run
         self.normalization, self.sigma_power = normalization, sigma_power
         self.reduction, self.stage = reduction, stage
         self.block_sum: Tensor | None = None
@@ -115,7 +119,8 @@ class KLIPAccumulator:
         self.curve.append((per_sample.mean(1) / n**2).to("cpu", torch.float64))
         self.kl_curve.append(kl_step.to("cpu", torch.float64))
         self.sigmas.append(state.sigma)
-        if not self.k0 <= state.i < self.k1:
+        in_window = self.k0 <= state.i < self.k1
+        if not (in_window or self.keep_steps):
             return
         un = u / n
         if self.reduction == "mean_of_squares":
@@ -123,6 +128,10 @@ class KLIPAccumulator:
         else:
             energy = block_energy(un.mean(1), self.block)
         energy = energy.to(torch.float64)
+        if self.keep_steps:
+            self.step_maps.append(energy.to("cpu", torch.float32))
+        if not in_window:
+            return
         self.block_sum = energy if self.block_sum is None else self.block_sum + energy
         kl_step = kl_step.to(torch.float64)
         self.kl = kl_step if self.kl is None else self.kl + kl_step
@@ -155,6 +164,9 @@ class KLIP:
         normalization, sigma_power, reduction: see the module docstring. ``stage``: which labelled likelihood
             update to use (e.g. ``"corrector"`` for the projection sampler, as the paper's song22 backend); default all.
         schedule: ``"karras"`` (ρ = 7) or ``"ve"`` (geometric) between ``sigma_min`` and ``sigma_max``.
+        keep_step_maps: also return every step's block map, ``extras["step_maps"]`` (T_run, B, h, w) — O(T · blocks)
+            memory — so that other windows and coarser blocks can be evaluated without sampling again
+            (:func:`aggregate_step_maps`; used to tune on a tuning split).
     """
 
     def __init__(
@@ -179,6 +191,7 @@ class KLIP:
         sigmas: Tensor | None = None,
         sampler_params: Mapping[str, Any] | None = None,
         progress: bool = False,
+        keep_step_maps: bool = False,
     ):
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -213,6 +226,7 @@ class KLIP:
         self.window = tuple(window)
         self.window_sigma = window_sigma
         self.progress = progress
+        self.keep_step_maps = bool(keep_step_maps)
         if sigmas is None:
             if int(steps) < 1:
                 raise ValueError(f"steps must be >= 1, got {steps}")
@@ -272,7 +286,8 @@ class KLIP:
             raise ValueError(f"block {block} must divide the image size {h}×{w}")
         k0, k1 = self.window_steps
         acc = KLIPAccumulator(
-            block=block, k0=k0, k1=k1, normalization=self.normalization, sigma_power=self.sigma_power, reduction=self.reduction, stage=self.stage
+            block=block, k0=k0, k1=k1, normalization=self.normalization, sigma_power=self.sigma_power, reduction=self.reduction,
+            stage=self.stage, keep_steps=self.keep_step_maps,
         )
         hooks = [acc]
         if self.progress:
@@ -284,6 +299,7 @@ class KLIP:
             denoiser, self.operator, y, self.sigmas, samples=self.samples, generator=seed, hooks=hooks, stop_after=k1, **self.sampler_params
         )
         block_map = acc.block_sum / acc.n_window
+        extras = {"step_maps": torch.stack(acc.step_maps)} if self.keep_step_maps else {}
         return Scores(
             score=block_map.flatten(1).max(1).values,
             map=block_map,
@@ -297,6 +313,7 @@ class KLIP:
                 "nfe_per_image": result.nfe_per_image,
                 "reconstruction": result.x0.mean(1),
                 "block": block,
+                **extras,
             },
         )
 
@@ -306,3 +323,19 @@ class KLIP:
             f"KLIP(sampler={self.sampler_name!r}, steps={self.sigmas.numel() - 1}, window_steps=[{k0}, {k1}), block={self.block}, "
             f"samples={self.samples}, variant={self.variant!r})"
         )
+
+
+def aggregate_step_maps(step_maps: Tensor, window_steps: tuple[int, int], pool: int = 1) -> Tensor:
+    """KLIP's map from per-step block maps (``Scores.extras["step_maps"]``, (T, B, h, w)): the mean over steps
+    ``k0 ≤ k < k1`` of the maps summed over ``pool × pool`` groups of blocks (block size × ``pool``); ``pool=0``
+    sums everything into one block. Equal to running KLIP with that window and block (up to float32 storage)."""
+    k0, k1 = window_steps
+    if not 0 <= k0 < k1 <= step_maps.shape[0]:
+        raise ValueError(f"window steps [{k0}, {k1}) are outside the {step_maps.shape[0]} recorded steps")
+    m = step_maps[k0:k1].to(torch.float64).mean(0)  # (B, h, w)
+    if pool == 0:
+        return m.sum((-2, -1), keepdim=True)
+    b, h, w = m.shape
+    if h % pool or w % pool:
+        raise ValueError(f"pool {pool} must divide the map size {h}×{w}")
+    return m.reshape(b, h // pool, pool, w // pool, pool).sum((2, 4))

@@ -1,0 +1,1 @@
+"""Experiments and reports: score sets once, tune on a tuning split, evaluate, draw figures."""
