@@ -93,7 +93,7 @@ def _cmd_datasets(args) -> int:
 def _cmd_demo(args) -> int:
     from priorshift.demo import run_demo
 
-    return run_demo(out=args.out, quick=args.quick)
+    return run_demo(out=args.out, quick=args.quick, n=args.n, prior=args.prior)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="healthy vs lesion CT phantoms under sparse-view CT: KLIP table + heatmap (< 5 min on 2 CPU cores)")
     d.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
     d.add_argument("--quick", action="store_true", help="a smaller, faster run (for tests)")
+    d.add_argument("--n", type=int, default=None, help="images per set (default 24; 4 with --quick)")
+    d.add_argument("--prior", default="phantom-ct-64", help="a 64×64 CT prior: bundled name or checkpoint path")
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser("train", help="train a small diffusion prior (EDM loss) on a dataset; resumable")

@@ -1,0 +1,90 @@
+"""KLIP's cost: (1) wall time of KLIP vs the same plain posterior sampling (same sampler, steps, S, batch,
+stopping at the same step); (2) AUROC and NFE per image for steps × samples on the CT lesion task, at the
+window and block tuned on the star tuning split (benchmarks/results/klip-ct/metrics.json).
+
+    python benchmarks/klip_cost.py --out benchmarks/results/klip-cost.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from priorshift import load_prior
+from priorshift.bench.klip_eval import Setting, evaluate, score_set
+from priorshift.data import healthy_set, lesion_set
+from priorshift.detectors import KLIP
+from priorshift.operators import ParallelBeamCT
+from priorshift.samplers import sample_dps
+
+
+def best_time(fn, repeats):
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prior", default="phantom-ct-64")
+    p.add_argument("--tuned", default="benchmarks/results/klip-ct/metrics.json")
+    p.add_argument("--n", type=int, default=32, help="images per set for the AUROC-vs-NFE grid")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip-grid", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    prior = load_prior(args.prior)
+    ct = ParallelBeamCT(image_size=64, n_views=20, noise_std=0.5)
+    tuned = json.loads(Path(args.tuned).read_text())["tuned"]["dataset"]["klip"] if Path(args.tuned).exists() else {"window": (0.55, 0.85), "block": 8}
+    window, block = tuple(tuned["window"]), tuned["block"]
+    hw = f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+    lines = [f"# KLIP cost ({hw})", "", "## Overhead of the KLIP hook over plain sampling", "",
+             "| batch × S | steps run | plain DPS (s) | KLIP (s) | ratio |", "|---|---:|---:|---:|---:|"]
+    x = healthy_set(16, seed=77).images
+    y = ct(x, generator=list(range(16)))
+    for batch, samples, steps in [(8, 2, 50), (16, 4, 50)]:
+        det = KLIP(prior, ct, steps=steps, window=window, block=block, samples=samples, sampler_params={"jacobian": False})
+        k1 = det.window_steps[1]
+        yb = y[:batch]
+        t_plain = best_time(lambda: sample_dps(prior, ct, yb, det.sigmas, samples=samples, generator=list(range(batch)), jacobian=False, stop_after=k1), args.repeats)
+        t_klip = best_time(lambda: det.score(yb, seed=list(range(batch))), args.repeats)
+        lines.append(f"| {batch} × {samples} | {k1} of {steps} | {t_plain:.2f} | {t_klip:.2f} | {t_klip / t_plain:.3f} |")
+
+    if not args.skip_grid:
+        lines += ["", f"## AUROC vs NFE — CT lesions (contrast −0.15), {args.n} healthy + {args.n} lesion phantoms, "
+                  f"window [{window[0]:.2f}, {window[1]:.2f}) and block {block} px as tuned on stars", "",
+                  "| steps | S | NFE / image | AUROC | FPR@95 (OOD+) | block AUROC | seconds |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        hs, ls = healthy_set(args.n, seed=30_001), lesion_set(args.n, seed=30_002)
+        y_id = ct(hs.images, generator=[1000 + i for i in range(args.n)])
+        y_ood = ct(ls.images, generator=[2000 + i for i in range(args.n)])
+        setting = Setting(window, block)
+        for steps in (20, 50, 100):
+            for samples in (1, 2, 4):
+                t = time.perf_counter()
+                kw = dict(sampler="dps", steps=steps, samples=samples, sampler_params={"jacobian": False}, base_block=2)
+                tr_id = score_set(prior, ct, y_id, seeds=range(3000, 3000 + args.n), **kw)
+                tr_ood = score_set(prior, ct, y_ood, seeds=range(4000, 4000 + args.n), **kw)
+                r = evaluate(setting, tr_id, tr_ood, ls.masks, ls.body_masks)
+                lines.append(f"| {steps} | {samples} | {r['nfe_per_image']:.0f} | {r['auroc']:.3f} | {r['fpr95_ood_positive']:.3f} | "
+                             f"{r['block_auroc_mean']:.3f} | {time.perf_counter() - t:.0f} |")
+    lines += ["", f"Command: `python benchmarks/klip_cost.py --n {args.n} --threads {args.threads}`"]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Ship a trained prior: copy RUN/NAME.safetensors + .json into src/priorshift/weights and record it in the
+manifest (checksum, the exact training command, steps, wall time, hardware, data).
+
+    python scripts/bundle_prior.py /path/to/run/phantom-ct-64.safetensors "CT phantoms, 64×64 (abdomen-like slices)"
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from priorshift.diffusion.checkpoint import WEIGHTS_DIR, atomic_write_json, load_prior, sha256
+
+src = Path(sys.argv[1])
+description = sys.argv[2]
+config = json.loads(src.with_suffix(".json").read_text())
+name = config["name"]
+load_prior(src)  # refuse to ship something that does not load
+WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+for suffix in (".safetensors", ".json"):
+    shutil.copyfile(src.with_suffix(suffix), WEIGHTS_DIR / f"{name}{suffix}")
+manifest_path = WEIGHTS_DIR / "manifest.json"
+manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+training = config["training"]
+manifest[name] = {
+    "file": f"{name}.safetensors",
+    "sha256": sha256(WEIGHTS_DIR / f"{name}.safetensors"),
+    "size_bytes": (WEIGHTS_DIR / f"{name}.safetensors").stat().st_size,
+    "description": description,
+    "command": config["command"],
+    "dataset": config["dataset"],
+    "image_size": config["unet"]["image_size"],
+    "parameters": None,
+    "steps": training["steps"],
+    "batch_size": training["batch_size"],
+    "wall_time_s": training["wall_time_s"],
+    "images_per_s": training["images_per_s"],
+    "hardware": training["hardware"],
+}
+D = load_prior(WEIGHTS_DIR / f"{name}.safetensors")
+manifest[name]["parameters"] = sum(p.numel() for p in D.net.parameters())
+atomic_write_json(manifest_path, manifest)
+print(json.dumps(manifest[name], indent=2))

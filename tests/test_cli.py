@@ -1,0 +1,89 @@
+"""The command line end to end: help, version, listings, training, the demo and the README's example."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from priorshift.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "priorshift", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_help_and_version():
+    r = run("--help")
+    assert r.returncode == 0 and "whether the image behind them" in r.stdout and "train" in r.stdout and "demo" in r.stdout
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("priorshift ")
+    import priorshift
+
+    assert priorshift.__version__ in r.stdout
+
+
+def test_listings(capsys):
+    assert main(["datasets"]) == 0
+    assert "phantom-ct" in capsys.readouterr().out
+    assert main(["priors"]) == 0
+    out = capsys.readouterr().out
+    assert "phantom-ct-64" in out and "fashion-mnist-32" in out and "priorshift train" in out
+
+
+def test_train_end_to_end_and_resume(tmp_path, capsys):
+    data = (np.random.default_rng(0).random((40, 1, 16, 16)) * 255).astype(np.uint8)
+    np.save(tmp_path / "imgs.npy", data)
+    argv = ["train", "--data", f"npy:{tmp_path / 'imgs.npy'}", "--image-size", "16", "--steps", "3", "--batch-size", "4",
+            "--widths", "8,16", "--out", str(tmp_path / "run"), "--quiet", "--checkpoint-every", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    prior = tmp_path / "run" / "run.safetensors"
+    assert prior.exists() and (tmp_path / "run" / "run_samples.png").exists()
+    from priorshift import load_prior
+
+    D = load_prior(prior)
+    assert D(torch.zeros(1, 1, 16, 16), torch.ones(1)).shape == (1, 1, 16, 16)
+    assert "npy:" in D.config["command"] and D.config["dataset"]["n"] == 40
+    assert main(argv) == 0  # a finished run resumes at its end and rewrites nothing it should not
+    assert "resuming" in capsys.readouterr().out
+
+
+def test_train_bad_input(tmp_path, capsys):
+    assert main(["train", "--data", "cifar-10", "--image-size", "32", "--steps", "1", "--out", str(tmp_path)]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, size", [("phantom-ct-64", 64), ("fashion-mnist-32", 32)])
+def test_bundled_priors_load(name, size):
+    from priorshift import load_prior
+
+    D = load_prior(name)
+    x = torch.zeros(2, 1, size, size)
+    with torch.no_grad():
+        out = D(x, torch.tensor([0.5, 5.0]))
+    assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path):
+    r = run("demo", "--quick", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "KLIP" in r.stdout and "whole-image KL" in r.stdout
+    assert (tmp_path / "heatmaps.png").stat().st_size > 10_000 and (tmp_path / "results.md").exists()
+
+
+@pytest.mark.slow
+def test_readme_example_runs():
+    # The Python example of README.md, executed as written (with fewer steps to keep the suite fast).
+    import re
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    code = re.search(r"```python\n(.*?)```", readme.read_text(), re.S).group(1)
+    code = code.replace("steps=50", "steps=6")
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    s = namespace["s"]
+    assert s.score.shape == (8,) and s.map.shape == (8, 8, 8) and s.nfe > 0
