@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from _common import best_time, emit, hardware
 
 from priorshift import load_prior
 from priorshift.bench.klip_eval import Setting, evaluate, score_set
@@ -21,16 +21,6 @@ from priorshift.data import healthy_set, lesion_set
 from priorshift.detectors import KLIP
 from priorshift.operators import ParallelBeamCT
 from priorshift.samplers import sample_dps
-
-
-def best_time(fn, repeats):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main():
@@ -48,7 +38,7 @@ def main():
     ct = ParallelBeamCT(image_size=64, n_views=20, noise_std=0.5)
     tuned = json.loads(Path(args.tuned).read_text())["tuned"]["dataset"]["klip"] if Path(args.tuned).exists() else {"window": (0.55, 0.85), "block": 8}
     window, block = tuple(tuned["window"]), tuned["block"]
-    hw = f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+    hw = hardware(args.threads)
     lines = [f"# KLIP cost ({hw})", "", "## Overhead of the KLIP hook over plain sampling", "",
              "| batch × S | steps run | plain DPS (s) | KLIP (s) | ratio |", "|---|---:|---:|---:|---:|"]
     x = healthy_set(16, seed=77).images
@@ -79,11 +69,7 @@ def main():
                 lines.append(f"| {steps} | {samples} | {r['nfe_per_image']:.0f} | {r['auroc']:.3f} | {r['fpr95_ood_positive']:.3f} | "
                              f"{r['block_auroc_mean']:.3f} | {time.perf_counter() - t:.0f} |")
     lines += ["", f"Command: `python benchmarks/klip_cost.py --n {args.n} --threads {args.threads}`"]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ ID vs OOD denoising error, and forward throughput.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from pathlib import Path
 
 import torch
+from _common import best_time, emit, hardware
 
 from priorshift import load_prior
 from priorshift.analytic import fit_gaussian
@@ -89,28 +88,19 @@ def main():
     x = torch.randn(64, 1, size, size)
     sig = torch.full((64,), 1.0)
     with torch.no_grad():
-        D(x, sig)
-        best = float("inf")
-        for _ in range(5):
-            t = time.perf_counter()
-            D(x, sig)
-            best = min(best, time.perf_counter() - t)
+        best = best_time(lambda: D(x, sig), 5)
     n_params = sum(p.numel() for p in D.net.parameters())
     train_info = cfg["training"]
     lines += [
         "",
         "## Throughput",
         "",
-        f"- forward, batch 64, no grad: **{64 / best:.0f} images/s** ({platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}); {n_params / 1e6:.2f} M parameters",
+        f"- forward, batch 64, no grad: **{64 / best:.0f} images/s** ({hardware(args.threads)}); {n_params / 1e6:.2f} M parameters",
         f"- training: {train_info.get('images_per_s')} images/s over {train_info['steps']} steps of batch {train_info['batch_size']} ({train_info.get('wall_time_s')} s on {train_info.get('hardware')})",
         "",
         f"Command: `python benchmarks/priors.py --prior {args.prior} --n {args.n} --fit-n {args.fit_n} --threads {args.threads}`",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -11,25 +11,13 @@ network Jacobian does a backward pass per step, so it is compared with the forwa
 from __future__ import annotations
 
 import argparse
-import platform
-import time
-from pathlib import Path
 
 import torch
+from _common import best_time, emit, hardware
 
 from priorshift.diffusion import EDMDenoiser, UNet, UNetConfig, karras_sigmas
 from priorshift.operators import Inpainting, ParallelBeamCT, random_pixel_mask
 from priorshift.samplers import sample_dps, sample_langevin, sample_projection, sample_unconditional
-
-
-def timed(fn, repeats):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main():
@@ -60,8 +48,8 @@ def main():
             xi = x.clone().requires_grad_(True)
             torch.autograd.grad(D(xi, s).sum(), xi)
 
-    t_fwd = timed(forward, args.repeats) / (args.steps * n)
-    t_fb = timed(forward_backward, args.repeats) / (args.steps * n)
+    t_fwd = best_time(forward, args.repeats) / (args.steps * n)
+    t_fb = best_time(forward_backward, args.repeats) / (args.steps * n)
     sig = karras_sigmas(args.steps, 0.002, 80.0)
     ct = ParallelBeamCT(image_size=64, n_views=20, noise_std=0.5)
     inp = Inpainting(mask=random_pixel_mask(64, 0.5, generator=torch.Generator().manual_seed(0)).to(dev), noise_std=0.05)
@@ -82,11 +70,11 @@ def main():
         def run():
             result["r"] = fn(D, op, y, sig, samples=args.samples, generator=list(range(args.images)), **kw)
 
-        t = timed(run, args.repeats)
+        t = best_time(run, args.repeats)
         nfe = result["r"].nfe
         per = t / nfe
         rows.append((name, nfe, nfe / t, 1 / t_net, per / t_net - 1))
-    hw = f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, device {args.device}"
+    hw = hardware(args.threads, args.device)
     lines = [
         f"# Sampler overhead ({args.images} images × {args.samples} samples = {n} rows, 64×64, {args.steps} steps)",
         "",
@@ -97,11 +85,7 @@ def main():
     ]
     lines += [f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {100 * r[4]:+.1f}% |" for r in rows]
     lines += ["", f"Command: `python benchmarks/samplers.py --images {args.images} --samples {args.samples} --steps {args.steps} --threads {args.threads}`"]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
