@@ -32,13 +32,20 @@ def test_listings(capsys):
     assert "phantom-ct-64" in out and "fashion-mnist-32" in out and "priorshift train" in out
 
 
-def test_train_end_to_end_and_resume(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 16×16 prior trained for 3 steps by the CLI (once for this module)."""
+    tmp = tmp_path_factory.mktemp("cli")
     data = (np.random.default_rng(0).random((40, 1, 16, 16)) * 255).astype(np.uint8)
-    np.save(tmp_path / "imgs.npy", data)
-    argv = ["train", "--data", f"npy:{tmp_path / 'imgs.npy'}", "--image-size", "16", "--steps", "3", "--batch-size", "4",
-            "--widths", "8,16", "--out", str(tmp_path / "run"), "--quiet", "--checkpoint-every", "2"]
+    np.save(tmp / "imgs.npy", data)
+    argv = ["train", "--data", f"npy:{tmp / 'imgs.npy'}", "--image-size", "16", "--steps", "3", "--batch-size", "4",
+            "--widths", "8,16", "--out", str(tmp / "run"), "--quiet", "--checkpoint-every", "2"]
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    return tmp, argv
+
+
+def test_train_end_to_end_and_resume(tiny_run, capsys):
+    tmp_path, argv = tiny_run
     prior = tmp_path / "run" / "run.safetensors"
     assert prior.exists() and (tmp_path / "run" / "run_samples.png").exists()
     from priorshift import load_prior
@@ -48,6 +55,19 @@ def test_train_end_to_end_and_resume(tmp_path, capsys):
     assert "npy:" in D.config["command"] and D.config["dataset"]["n"] == 40
     assert main(argv) == 0  # a finished run resumes at its end and rewrites nothing it should not
     assert "resuming" in capsys.readouterr().out
+
+
+def test_score_command(tiny_run, tmp_path, capsys):
+    run_dir, _ = tiny_run
+    argv = ["score", "--prior", str(run_dir / "run" / "run.safetensors"), "--images", str(run_dir / "imgs.npy"), "--operator", "blur",
+            "--kernel-size", "5", "--blur-sigma", "1", "--noise-std", "0.05", "--steps", "4", "--window", "0,1", "--block", "4",
+            "--out", str(tmp_path), "--quiet", "--batch-size", "16"]
+    assert main(argv) == 0
+    rows = (tmp_path / "scores.csv").read_text().splitlines()
+    assert rows[0] == "index,klip_score,kl_nats_window" and len(rows) == 41
+    assert np.load(tmp_path / "maps.npy").shape == (40, 4, 4) and (tmp_path / "heatmaps.png").exists()
+    assert main(["score", "--prior", str(run_dir / "run" / "run.safetensors"), "--operator", "ct", "--out", str(tmp_path)]) == 2
+    assert "exactly one of --measurements" in capsys.readouterr().err
 
 
 def test_train_bad_input(tmp_path, capsys):
