@@ -1,7 +1,10 @@
 """Ship a trained prior: copy RUN/NAME.safetensors + .json into src/priorshift/weights and record it in the
 manifest (checksum, the exact training command, steps, wall time, hardware, data).
 
-    python scripts/bundle_prior.py /path/to/run/phantom-ct-64.safetensors "CT phantoms, 64×64 (abdomen-like slices)"
+    python scripts/bundle_prior.py /path/to/run/phantom-ct-64.safetensors "CT phantoms, 64×64 (abdomen-like slices)" ["history note"]
+
+The optional third argument records anything the command alone does not say (e.g. a run resumed with a
+shortened schedule).
 """
 
 import json
@@ -13,6 +16,7 @@ from priorshift.diffusion.checkpoint import WEIGHTS_DIR, atomic_write_json, load
 
 src = Path(sys.argv[1])
 description = sys.argv[2]
+note = sys.argv[3] if len(sys.argv) > 3 else None
 config = json.loads(src.with_suffix(".json").read_text())
 name = config["name"]
 load_prior(src)  # refuse to ship something that does not load
@@ -36,6 +40,7 @@ manifest[name] = {
     "wall_time_s": training["wall_time_s"],
     "images_per_s": training["images_per_s"],
     "hardware": training["hardware"],
+    **({"note": note} if note else {}),
 }
 D = load_prior(WEIGHTS_DIR / f"{name}.safetensors")
 manifest[name]["parameters"] = sum(p.numel() for p in D.net.parameters())

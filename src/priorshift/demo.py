@@ -24,6 +24,7 @@ __all__ = ["run_demo", "DEMO"]
 DEMO = {
     "views": 20,
     "noise_std": 0.5,
+    "zeta": 0.1,  # DPS step, chosen on healthy tuning phantoms by benchmarks/dps_step.py --task ct
     "steps": 50,
     "samples": 2,
     "base_block": 2,
@@ -54,7 +55,7 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
     lesions = lesion_set(n, seed=90_002, contrast=DEMO["lesion_contrast"])
     print(f"priorshift demo: KLIP on sparse-view CT ({DEMO['views']} views, noise {DEMO['noise_std']}), prior {prior_name}")
     print(f"  {n} healthy + {n} lesion phantoms (hypodense liver lesion, contrast {DEMO['lesion_contrast']}), "
-          f"DPS {steps} steps × {DEMO['samples']} posterior samples per image")
+          f"DPS (ζ = {DEMO['zeta']}) {steps} steps × {DEMO['samples']} posterior samples per image")
     y_id = ct(healthy.images, generator=[10_000 + i for i in range(n)])
     y_ood = ct(lesions.images, generator=[20_000 + i for i in range(n)])
 
@@ -65,7 +66,7 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
                 print(file=sys.stderr)
         return progress
 
-    kw = dict(sampler="dps", steps=steps, samples=DEMO["samples"], sampler_params={"jacobian": False}, base_block=DEMO["base_block"], batch_size=8)
+    kw = dict(sampler="dps", steps=steps, samples=DEMO["samples"], sampler_params={"jacobian": False, "zeta": DEMO["zeta"]}, base_block=DEMO["base_block"], batch_size=8)
     tr_id = score_set(prior, ct, y_id, seeds=range(30_000, 30_000 + n), progress=bar("healthy"), **kw)
     tr_ood = score_set(prior, ct, y_ood, seeds=range(40_000, 40_000 + n), progress=bar("lesions"), **kw)
 
