@@ -30,6 +30,7 @@ def main():
     p.add_argument("--n", type=int, default=32, help="images per set for the AUROC-vs-NFE grid")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--zeta", type=float, default=0.1, help="DPS step (0.1: chosen on healthy phantoms, benchmarks/dps_step.py)")
     p.add_argument("--skip-grid", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -44,10 +45,10 @@ def main():
     x = healthy_set(16, seed=77).images
     y = ct(x, generator=list(range(16)))
     for batch, samples, steps in [(8, 2, 50), (16, 4, 50)]:
-        det = KLIP(prior, ct, steps=steps, window=window, block=block, samples=samples, sampler_params={"jacobian": False})
+        det = KLIP(prior, ct, steps=steps, window=window, block=block, samples=samples, sampler_params={"jacobian": False, "zeta": args.zeta})
         k1 = det.window_steps[1]
         yb = y[:batch]
-        t_plain = best_time(lambda: sample_dps(prior, ct, yb, det.sigmas, samples=samples, generator=list(range(batch)), jacobian=False, stop_after=k1), args.repeats)
+        t_plain = best_time(lambda: sample_dps(prior, ct, yb, det.sigmas, samples=samples, generator=list(range(batch)), jacobian=False, zeta=args.zeta, stop_after=k1), args.repeats)
         t_klip = best_time(lambda: det.score(yb, seed=list(range(batch))), args.repeats)
         lines.append(f"| {batch} × {samples} | {k1} of {steps} | {t_plain:.2f} | {t_klip:.2f} | {t_klip / t_plain:.3f} |")
 
@@ -62,13 +63,13 @@ def main():
         for steps in (20, 50, 100):
             for samples in (1, 2, 4):
                 t = time.perf_counter()
-                kw = dict(sampler="dps", steps=steps, samples=samples, sampler_params={"jacobian": False}, base_block=2)
+                kw = dict(sampler="dps", steps=steps, samples=samples, sampler_params={"jacobian": False, "zeta": args.zeta}, base_block=2)
                 tr_id = score_set(prior, ct, y_id, seeds=range(3000, 3000 + args.n), **kw)
                 tr_ood = score_set(prior, ct, y_ood, seeds=range(4000, 4000 + args.n), **kw)
                 r = evaluate(setting, tr_id, tr_ood, ls.masks, ls.body_masks)
                 lines.append(f"| {steps} | {samples} | {r['nfe_per_image']:.0f} | {r['auroc']:.3f} | {r['fpr95_ood_positive']:.3f} | "
                              f"{r['block_auroc_mean']:.3f} | {time.perf_counter() - t:.0f} |")
-    lines += ["", f"Command: `python benchmarks/klip_cost.py --n {args.n} --threads {args.threads}`"]
+    lines += ["", f"Command: `python benchmarks/klip_cost.py --n {args.n} --zeta {args.zeta} --threads {args.threads}`"]
     emit(lines, args.out)
 
 

@@ -36,6 +36,9 @@ from priorshift.diffusion.checkpoint import atomic_write, atomic_write_json
 from priorshift.operators import GaussianBlur, Inpainting, ParallelBeamCT, random_block_mask
 
 CT_VIEWS, CT_NOISE = 20, 0.5
+# DPS step ζ per task: the smallest ζ within 0.2 dB of the best reconstruction PSNR on ID tuning images
+# (benchmarks/dps_step.py; results/dps-step-*.md)
+ZETA = {"ct": 0.1, "fmnist-blur": 1.5, "fmnist-inpaint": 0.6}
 
 
 def _fmnist_sets(n_tune: int, n_eval: int, kind_seed: int = 0) -> dict[str, LabeledSet]:
@@ -122,7 +125,7 @@ def main():
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--sampler", default="dps")
     p.add_argument("--jacobian", action="store_true", help="DPS through the network (default: without the Jacobian)")
-    p.add_argument("--zeta", type=float, default=None, help="DPS step (default: the task's, chosen on ID data)")
+    p.add_argument("--zeta", type=float, default=None, help="DPS step (default: the task's, chosen on ID tuning data: ZETA)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prior", default=None, help="override the task's bundled prior (a checkpoint path)")
     args = p.parse_args()
@@ -132,6 +135,8 @@ def main():
     cfg = task_config(args.task, args.n_tune, args.n_eval)
     prior, op = load_prior(args.prior or cfg["prior"]), cfg["operator"]
     sampler_params = {"jacobian": args.jacobian} if args.sampler == "dps" else {}
+    if args.zeta is None and args.sampler == "dps":
+        args.zeta = ZETA[args.task]
     if args.zeta is not None:
         sampler_params["zeta"] = args.zeta
     klip_kwargs = dict(sampler=args.sampler, steps=args.steps, samples=args.samples, sampler_params=sampler_params)
