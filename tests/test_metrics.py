@@ -511,3 +511,19 @@ def test_lpips_never_downloads(monkeypatch, tmp_path):
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"")
     assert M.lpips_available() is True
+
+
+def test_auroc_standard_error_null_closed_form_and_simulation():
+    from priorshift.metrics import auroc, auroc_standard_error
+
+    # At A = 0.5, Hanley–McNeil equals the exact Mann–Whitney null variance (n1 + n2 + 1) / (12 n1 n2).
+    for n_id, n_ood in [(24, 24), (64, 10), (5, 300)]:
+        exact = math.sqrt((n_id + n_ood + 1) / (12 * n_id * n_ood))
+        assert abs(auroc_standard_error(0.5, n_id, n_ood) - exact) < 1e-12
+    # Away from 0.5 (binormal, d' = 1.5, A ≈ 0.86): the spread of simulated AUROCs matches within 10%.
+    rng = np.random.default_rng(0)
+    aucs = [auroc(rng.normal(size=40), rng.normal(1.5, size=40)) for _ in range(2000)]
+    se = auroc_standard_error(float(np.mean(aucs)), 40, 40)
+    assert abs(np.std(aucs) / se - 1) < 0.1, (np.std(aucs), se)
+    with pytest.raises(ValueError, match="auc must be in"):
+        auroc_standard_error(1.2, 4, 4)

@@ -17,6 +17,7 @@ import torch
 
 from priorshift.bench.figures import heatmap_figure
 from priorshift.bench.klip_eval import Setting, evaluate, score_set
+from priorshift.metrics import auroc_standard_error
 
 __all__ = ["run_demo", "DEMO"]
 
@@ -89,6 +90,8 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
     print(table)
     print("  AUROC / FPR@95 / AUPR-out: dataset level (score = max over blocks; OOD = positive; FPR@95 = healthy flagged at 95% lesions caught).")
     print("  block AUROC: does the map find the lesion? Per lesion image, over the blocks inside the body (0.5 = chance).")
+    print(f"  With {n} + {n} images an AUROC near 0.5 has a standard error of about {auroc_standard_error(0.5, n, n):.2f} "
+          "(Hanley–McNeil); the 64 + 64 image experiment is benchmarks/results/klip-ct.")
 
     out.mkdir(parents=True, exist_ok=True)
     k = min(3, n)

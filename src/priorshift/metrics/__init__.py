@@ -8,6 +8,7 @@ from .ood import (
     aupr_in,
     aupr_out,
     auroc,
+    auroc_standard_error,
     fpr_at_95_tpr_id,
     fpr_at_95_tpr_ood,
     fpr_at_tpr,
@@ -25,6 +26,7 @@ __all__ = [
     "fpr_at_95_tpr_id",
     "ood_metrics",
     "roc_curve",
+    "auroc_standard_error",
     # localization
     "BlockAUROC",
     "BestDice",

@@ -43,6 +43,8 @@ References:
 
 from __future__ import annotations
 
+import math
+
 from typing import Literal
 
 import numpy as np
@@ -57,6 +59,7 @@ __all__ = [
     "fpr_at_95_tpr_id",
     "ood_metrics",
     "roc_curve",
+    "auroc_standard_error",
 ]
 
 
@@ -306,6 +309,20 @@ def ood_metrics(scores_id, scores_ood) -> dict:
         "n_id": int(s_id.size),
         "n_ood": int(s_ood.size),
     }
+
+
+def auroc_standard_error(auc: float, n_id: int, n_ood: int) -> float:
+    """Standard error of an AUROC ``auc`` estimated from ``n_id`` and ``n_ood`` scores (Hanley & McNeil, Radiology
+    1982): ``SE² = [A(1−A) + (n_ood−1)(Q1−A²) + (n_id−1)(Q2−A²)] / (n_id n_ood)``, ``Q1 = A/(2−A)``,
+    ``Q2 = 2A²/(1+A)``. At ``A = 0.5`` it equals the exact null variance ``(n_id + n_ood + 1) / (12 n_id n_ood)``
+    of the Mann–Whitney statistic. Use it to read small-sample AUROCs: 24 + 24 images give ±0.08 around 0.5."""
+    if not 0 <= auc <= 1:
+        raise ValueError(f"auc must be in [0, 1], got {auc}")
+    if n_id < 1 or n_ood < 1:
+        raise ValueError(f"need at least one score per class, got n_id={n_id}, n_ood={n_ood}")
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = (auc * (1 - auc) + (n_ood - 1) * (q1 - auc**2) + (n_id - 1) * (q2 - auc**2)) / (n_id * n_ood)
+    return math.sqrt(max(var, 0.0))
 
 
 def roc_curve(scores_id, scores_ood, *, drop_intermediate: bool = False):
