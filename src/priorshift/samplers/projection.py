@@ -21,13 +21,15 @@ single non-zero eigenvalue λ declare ``pinv_is_exact = True`` (masks, MRI, supe
 ``A⁺_σ = λ / (λ + ε_σ) · A_pinv``. For the others (CT, blur) ``A⁺_σ`` is applied through the
 eigendecomposition ``A Aᵀ = V Λ Vᵀ``, computed once per operator (by probing ``A Aᵀ`` with the measurement
 basis, in float64) when the measurement has at most ``spectral_max`` entries — exact for every ε_σ at the cost
-of two small dense products — and by conjugate gradients otherwise (``damping`` keeps it well conditioned; a classical reconstruction such as FBP is not a contraction, and
-iterating ``x + FBP(y - A x)`` diverges). The two projection displacements are reported as the labelled
-likelihood updates ``"corrector"`` and ``"predictor"`` (KLIP's song22 backend records the corrector's).
+of two small dense products — and by conjugate gradients otherwise (``damping`` keeps it well conditioned; a
+classical reconstruction such as FBP is not a contraction, and iterating ``x + FBP(y - A x)`` diverges). The two
+projection displacements are reported as the labelled likelihood updates ``"corrector"`` and ``"predictor"``
+(KLIP's song22 backend records the corrector's).
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -80,9 +82,7 @@ class SpectralPinv:
     """
 
     def __init__(self, operator, measurement_shape: tuple[int, ...], device=None, chunk: int = 256):
-        m = 1
-        for d in measurement_shape:
-            m *= int(d)
+        m = math.prod(measurement_shape)
         cols = []
         eye = torch.eye(m, dtype=torch.float64, device=device)
         for start in range(0, m, chunk):
@@ -114,18 +114,10 @@ _SPECTRAL_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _spectral_pinv(operator, y: Tensor) -> SpectralPinv:
     """The operator's :class:`SpectralPinv`, cached per operator object (and measurement shape)."""
     shape = tuple(y.shape[1:])
-    try:
-        cached = _SPECTRAL_CACHE.get(operator)
-    except TypeError:  # unhashable operator: no caching
-        cached = None
-    if cached is not None and cached.measurement_shape == shape:
-        return cached
-    sp = SpectralPinv(operator, shape, device=y.device)
-    try:
-        _SPECTRAL_CACHE[operator] = sp
-    except TypeError:
-        pass
-    return sp
+    cached = _SPECTRAL_CACHE.get(operator)
+    if cached is None or cached.measurement_shape != shape:
+        cached = _SPECTRAL_CACHE[operator] = SpectralPinv(operator, shape, device=y.device)
+    return cached
 
 
 @register("sampler", "projection")
