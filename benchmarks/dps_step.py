@@ -35,7 +35,7 @@ def main():
     cfg = task_config(args.task, args.n, 1)
     prior, op = load_prior(args.prior or cfg["prior"]), cfg["operator"]
     x = cfg["sets"]["tune_id"].images[: args.n]
-    y = op(x, generator=[7_000 + i for i in range(args.n)])
+    y = op(x, seed=[7_000 + i for i in range(args.n)])
     sigmas = karras_sigmas(args.steps, 0.002, 80.0)
     lines = [f"# DPS step ζ — {args.task} (ID tuning images only)", "",
              f"Prior `{args.prior or cfg['prior']}`; {cfg['description']}; DPS without the network Jacobian, {args.steps} steps, "
@@ -45,7 +45,7 @@ def main():
     for zeta in [float(z) for z in args.zetas.split(",")]:
         t0 = time.perf_counter()
         with torch.no_grad():
-            res = sample_dps(prior, op, y, sigmas, generator=[9_000 + i for i in range(args.n)], zeta=zeta, jacobian=False)
+            res = sample_dps(prior, op, y, sigmas, seed=[9_000 + i for i in range(args.n)], zeta=zeta, jacobian=False)
         x0 = res.x0[:, 0].clamp(-1, 1)
         q = psnr(x0, x, data_range=2.0)
         resid = (y - op.A(x0)).flatten(1).norm(dim=1) / noise_norm

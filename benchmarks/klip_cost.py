@@ -54,14 +54,14 @@ def main():
 
     klip_module.KLIPAccumulator = TimedAccumulator
     x = healthy_set(16, seed=77).images
-    y = ct(x, generator=list(range(16)))
+    y = ct(x, seed=list(range(16)))
     for batch, samples, steps in [(8, 2, 50), (16, 4, 50)]:
         det = KLIP(prior, ct, steps=steps, window=window, block=block, samples=samples, sampler_params={"jacobian": False, "zeta": args.zeta})
         k1 = det.window_steps[1]
         yb = y[:batch]
 
         def plain():
-            sample_dps(prior, ct, yb, det.sigmas, samples=samples, generator=list(range(batch)), jacobian=False, zeta=args.zeta, stop_after=k1)
+            sample_dps(prior, ct, yb, det.sigmas, samples=samples, seed=list(range(batch)), jacobian=False, zeta=args.zeta, stop_after=k1)
 
         def klip():
             det.score(yb, seed=list(range(batch)))
@@ -85,8 +85,8 @@ def main():
                   f"window [{window[0]:.2f}, {window[1]:.2f}) and block {block} px as tuned on stars", "",
                   "| steps | S | NFE / image | AUROC | FPR@95 (OOD+) | block AUROC | seconds |", "|---:|---:|---:|---:|---:|---:|---:|"]
         hs, ls = healthy_set(args.n, seed=30_001), lesion_set(args.n, seed=30_002)
-        y_id = ct(hs.images, generator=[1000 + i for i in range(args.n)])
-        y_ood = ct(ls.images, generator=[2000 + i for i in range(args.n)])
+        y_id = ct(hs.images, seed=[1000 + i for i in range(args.n)])
+        y_ood = ct(ls.images, seed=[2000 + i for i in range(args.n)])
         setting = Setting(window, block)
         for steps in (20, 50, 100):
             for samples in (1, 2, 4):

@@ -98,7 +98,7 @@ def load_or_score(path: Path, prior, op, ls: LabeledSet, seed_base: int, klip_kw
         m = json.loads(meta_path.read_text())
         return Trace(t["step_maps"], base_block, m["n_steps"], m["nfe_per_image_full"], m["seconds"], t["kl_nats"], t["reconstruction"], t["sigmas"])
     n = ls.images.shape[0]
-    y = op(ls.images, generator=[seed_base + i for i in range(n)])
+    y = op(ls.images, seed=[seed_base + i for i in range(n)])
     t0 = time.perf_counter()
 
     def progress(done, total):
@@ -214,8 +214,8 @@ def main():
     k = 3
     idx_id, idx_ood = list(range(k)), list(range(k))
     base = {name: 1_000_000 * (i + 1) for i, name in enumerate(sets)}  # the noise seeds load_or_score used
-    meas = torch.cat([cfg["measurement"](op(sets["eval_id"].images[idx_id], generator=[base["eval_id"] + i for i in idx_id])),
-                      cfg["measurement"](op(sets[main_ood].images[idx_ood], generator=[base[main_ood] + i for i in idx_ood]))])
+    meas = torch.cat([cfg["measurement"](op(sets["eval_id"].images[idx_id], seed=[base["eval_id"] + i for i in idx_id])),
+                      cfg["measurement"](op(sets[main_ood].images[idx_ood], seed=[base[main_ood] + i for i in idx_ood]))])
     rec = torch.cat([traces["eval_id"].reconstruction[idx_id], traces[main_ood].reconstruction[idx_ood]])
     maps = torch.cat([si.maps(traces["eval_id"])[idx_id], si.maps(traces[main_ood])[idx_ood]])
     masks = torch.cat([sets["eval_id"].masks[idx_id], sets[main_ood].masks[idx_ood]])

@@ -65,8 +65,8 @@ def main():
 
     ct = ParallelBeamCT(image_size=64, n_views=20, noise_std=0.5)
     inp = Inpainting(mask=random_pixel_mask(64, 0.5, generator=torch.Generator().manual_seed(0)).to(dev), noise_std=0.05)
-    y_ct = ct(torch.zeros(args.images, 1, 64, 64, device=dev), generator=0)
-    y_in = inp(torch.zeros(args.images, 1, 64, 64, device=dev), generator=0)
+    y_ct = ct(torch.zeros(args.images, 1, 64, 64, device=dev), seed=0)
+    y_in = inp(torch.zeros(args.images, 1, 64, 64, device=dev), seed=0)
     rows = []
     cases = [  # name, sampler, operator, y, params, network calls per step, backward
         ("unconditional (Euler)", sample_unconditional, ct, y_ct, dict(method="euler"), 1, False),
@@ -80,10 +80,10 @@ def main():
         result = {}
 
         def run():
-            result["r"] = fn(D, op, y, sig, samples=args.samples, generator=list(range(args.images)), **kw)
+            result["r"] = fn(D, op, y, sig, samples=args.samples, seed=list(range(args.images)), **kw)
 
         def own():
-            fn(free, op, y, sig, samples=args.samples, generator=list(range(args.images)), **kw)
+            fn(free, op, y, sig, samples=args.samples, seed=list(range(args.images)), **kw)
 
         t_own = best_time(own, args.repeats)
         net_run = network(calls, backward)

@@ -33,7 +33,7 @@ def test_exact_denoiser_equals_brute_force_posterior_mean(gauss16):
 def test_posterior_equals_precision_form(gauss8, op_index):
     op = _ops(8)[op_index]
     x = gauss8.sample(2, torch.Generator().manual_seed(0))
-    y = op(x, generator=[1, 2])
+    y = op(x, seed=[1, 2])
     mean, cov = gauss8.posterior(op, y)
     M = operator_matrix(op, (1, 8, 8))
     prec = torch.linalg.inv(gauss8.cov) + M.T @ M / op.noise_std**2
@@ -47,7 +47,7 @@ def test_posterior_equals_precision_form(gauss8, op_index):
 def test_kl_posterior_prior_equals_textbook(gauss8):
     op = _ops(8)[0]
     x = gauss8.sample(2, torch.Generator().manual_seed(0))
-    y = op(x, generator=[1, 2])
+    y = op(x, seed=[1, 2])
     kl = gauss8.kl_posterior_prior(op, y)
     mean, cov = gauss8.posterior(op, y)
     prior = MultivariateNormal(gauss8.mean[0], gauss8.cov)
@@ -79,7 +79,7 @@ def test_one_component_mixture_equals_gaussian(gauss8):
     sigma = torch.tensor([0.01, 0.3, 3.0, 30.0], dtype=torch.float64)
     assert (gmm(x, sigma) - gauss8(x, sigma)).abs().max() < 1e-10
     op = _ops(8)[1]
-    y = op(gauss8.sample(2, torch.Generator().manual_seed(0)), generator=[5, 6])
+    y = op(gauss8.sample(2, torch.Generator().manual_seed(0)), seed=[5, 6])
     xs = torch.randn(4, 1, 8, 8, dtype=torch.float64)  # 2 measurements × 2 samples, image-major
     s4 = torch.full((4,), 0.4, dtype=torch.float64)
     assert (gmm.posterior_denoiser(op, y)(xs, s4) - gauss8.posterior_denoiser(op, y)(xs, s4)).abs().max() < 1e-8

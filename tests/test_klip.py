@@ -13,7 +13,7 @@ from priorshift.operators import Identity, Inpainting, random_pixel_mask
 def inpainting_problem(gauss16):
     op = Inpainting(mask=random_pixel_mask(16, 0.5, generator=torch.Generator().manual_seed(1)).double(), noise_std=0.2)
     x = gauss16.sample(2, torch.Generator().manual_seed(0))
-    return gauss16, op, op(x, generator=[3, 4])
+    return gauss16, op, op(x, seed=[3, 4])
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_map_localizes_a_block_shift(sampler, params):
     x = prior.sample(n, torch.Generator().manual_seed(0))
     x[:, :, 4:8, 8:12] += 1.0
     op = Identity(noise_std=0.1)
-    y = op(x, generator=list(range(n)))
+    y = op(x, seed=list(range(n)))
     det = KLIP(prior, op, sampler=sampler, steps=50, block=4, samples=2, sampler_params=params)
     scores = det.score(y, seed=list(range(n)))
     hits = (scores.map.flatten(1).argmax(1) == 1 * 4 + 2).float().mean()
@@ -52,7 +52,7 @@ def test_shape_sign_and_early_stop():
     x = prior.sample(12, torch.Generator().manual_seed(0))
     x[6:, :, 8:12, 8:12] -= 1.0  # the last six images carry a shift
     op = Inpainting(mask=random_pixel_mask(16, 0.6, generator=torch.Generator().manual_seed(2)).double(), noise_std=0.1)
-    y = op(x, generator=list(range(12)))
+    y = op(x, seed=list(range(12)))
     D = CountingDenoiser(prior)
     det = KLIP(D, op, sampler="dps", steps=40, window=(0.65, 0.85), block=4, samples=2, sampler_params={"jacobian": False})
     s = det.score(y, seed=list(range(12)))
@@ -139,7 +139,7 @@ def test_kl_quadrature_alone_is_accurate_at_few_steps(gauss8):
 
     prior = gauss8
     op = Inpainting(mask=random_pixel_mask(8, 0.5, generator=torch.Generator().manual_seed(1)).double(), noise_std=0.2)
-    y = op(prior.sample(1, torch.Generator().manual_seed(0)), generator=[3])
+    y = op(prior.sample(1, torch.Generator().manual_seed(0)), seed=[3])
     kl = float(prior.kl_posterior_prior(op, y)[0])
     mu_y, S_y = prior.posterior(op, y)
     mu_y, mu, S, I = mu_y.reshape(-1), prior.mean[0], prior.cov, torch.eye(64, dtype=torch.float64)

@@ -45,7 +45,7 @@ def test_adjoint(name, size, channels):
 @pytest.mark.parametrize("device", DEVICES)
 def test_shapes_dtype_device(name, dtype, device):
     op, x, y = _setup(name, channels=3, dtype=dtype, device=device)
-    for out, shape in ((op.A(x), y.shape), (op(x, generator=0), y.shape), (op.A_adjoint(y), x.shape), (op.A_pinv(y), x.shape)):
+    for out, shape in ((op.A(x), y.shape), (op(x, seed=0), y.shape), (op.A_adjoint(y), x.shape), (op.A_pinv(y), x.shape)):
         assert out.shape == shape and out.dtype == dtype and out.device == x.device
     assert op.A(x).shape[:2] == x.shape[:2]
 
@@ -63,16 +63,16 @@ def test_batch_consistency(name):
 def test_noise(name):
     op, x, _ = _setup(name, channels=3, batch=3)
     op.noise_std = 0.0
-    torch.testing.assert_close(op(x, generator=[1, 2, 3]), op.A(x))
+    torch.testing.assert_close(op(x, seed=[1, 2, 3]), op.A(x))
     op.noise_std = 0.1
     seeds = [11, 22, 33]
-    y = op(x, generator=seeds)
+    y = op(x, seed=seeds)
     r = y - op.A(x)
     # std of n Gaussian draws has relative sd ≈ 1/sqrt(2n); allow 5 of those.
     assert abs(float(r.std()) / 0.1 - 1) < 5 / math.sqrt(2 * r.numel())
-    assert torch.equal(op(x, generator=seeds), y)  # reproducible
-    torch.testing.assert_close(op(x[1:2], generator=[22]), y[1:2], rtol=1e-10, atol=1e-12)  # batch-independent
-    assert not torch.equal(op(x, generator=[1, 2, 3]), y)
+    assert torch.equal(op(x, seed=seeds), y)  # reproducible
+    torch.testing.assert_close(op(x[1:2], seed=[22]), y[1:2], rtol=1e-10, atol=1e-12)  # batch-independent
+    assert not torch.equal(op(x, seed=[1, 2, 3]), y)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -306,7 +306,7 @@ def test_adapter_with_duck_typed_physics():
     x, y = _randn((2, 1, 8, 8)), _randn((2, 1, 4, 4))
     assert adjoint_error(op, x, y) < 1e-12
     torch.testing.assert_close(op.A_pinv(y), Downsample(2).A_pinv(y))  # falls back to pinv_cg
-    assert op(x, generator=[0, 1]).shape == (2, 1, 4, 4)
+    assert op(x, seed=[0, 1]).shape == (2, 1, 4, 4)
     with pytest.raises(ValueError, match=r"callable A\(\.\.\.\)"):
         DeepinvOperator(object())
 

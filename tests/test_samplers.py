@@ -38,20 +38,20 @@ def problem(gauss16):
     x = gauss16.sample(1, torch.Generator().manual_seed(0))
     mask = random_pixel_mask(16, 0.5, generator=torch.Generator().manual_seed(1)).double()
     op = Inpainting(mask=mask, noise_std=0.1)
-    return gauss16, op, op(x, generator=[3])
+    return gauss16, op, op(x, seed=[3])
 
 
 def test_exact_guidance_matches_closed_form_posterior(problem):
     prior, op, y = problem
     mean, cov = prior.posterior(op, y)
-    res = sample_exact(prior, op, y, karras_sigmas(40, 0.002, 80.0), samples=N_SAMPLES, generator=[0], method="heun")
+    res = sample_exact(prior, op, y, karras_sigmas(40, 0.002, 80.0), samples=N_SAMPLES, seed=[0], method="heun")
     assert res.x0.shape == (1, N_SAMPLES, 1, 16, 16)
     _check_moments(res.x0[0], mean[0], cov)
 
 
 def test_unconditional_matches_prior(gauss16):
     y = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
-    res = sample_unconditional(gauss16, Identity(), y, karras_sigmas(40, 0.002, 80.0), samples=N_SAMPLES, generator=[0])
+    res = sample_unconditional(gauss16, Identity(), y, karras_sigmas(40, 0.002, 80.0), samples=N_SAMPLES, seed=[0])
     _check_moments(res.x0[0], gauss16.mean[0], gauss16.cov)
 
 
@@ -61,7 +61,7 @@ def test_ancestral_exact_sampler_converges(problem):
     _, cov = prior.posterior(op, y)
     errs = []
     for steps in (10, 40):
-        xs = sample_exact(prior, op, y, karras_sigmas(steps, 0.002, 80.0), samples=2000, generator=[0]).x0[0].reshape(2000, -1)
+        xs = sample_exact(prior, op, y, karras_sigmas(steps, 0.002, 80.0), samples=2000, seed=[0]).x0[0].reshape(2000, -1)
         errs.append(abs(float(torch.cov(xs.T).trace() / cov.trace()) - 1))
     assert errs[1] < errs[0]
 
@@ -87,9 +87,9 @@ def test_approximate_samplers_land_near_posterior_mean(gauss16, sampler, op_name
         op = Inpainting(mask=random_pixel_mask(16, 0.5, generator=torch.Generator().manual_seed(1)).double(), noise_std=0.05)
     else:
         op = ParallelBeamCT(image_size=16, n_views=8, noise_std=0.05)
-    y = op(x, generator=[1, 2, 3, 4])
+    y = op(x, seed=[1, 2, 3, 4])
     mean, _ = gauss16.posterior(op, y)
-    res = sampler(gauss16, op, y, karras_sigmas(100, 0.002, 80.0), samples=64, generator=[0, 1, 2, 3], **params)
+    res = sampler(gauss16, op, y, karras_sigmas(100, 0.002, 80.0), samples=64, seed=[0, 1, 2, 3], **params)
     err = (res.x0.mean(1) - mean).pow(2).mean().sqrt()
     prior_err = (gauss16.mean[0].reshape(1, 1, 16, 16) - mean).pow(2).mean().sqrt()
     assert err / prior_err < bound, f"relative error {float(err / prior_err):.3f}"
@@ -119,12 +119,12 @@ def test_projection_reuses_spectral_factorization():
     from priorshift.samplers import projection
 
     op = ParallelBeamCT(image_size=8, n_views=4, noise_std=0.1)
-    y = op(torch.zeros(1, 1, 8, 8, dtype=torch.float64), generator=0)
+    y = op(torch.zeros(1, 1, 8, 8, dtype=torch.float64), seed=0)
     D = lambda x, s: 0.5 * x  # noqa: E731 — any denoiser; only the factorization cache is under test
     sig = karras_sigmas(3, 0.01, 1.0)
-    sample_projection(D, op, y, sig, generator=0)
+    sample_projection(D, op, y, sig, seed=0)
     first = projection._SPECTRAL_CACHE[op]
-    sample_projection(D, op, y, sig, generator=0)
+    sample_projection(D, op, y, sig, seed=0)
     assert projection._SPECTRAL_CACHE[op] is first
 
 
@@ -136,7 +136,7 @@ SAMPLER_PARAMS = {"langevin": {"inner": 2}}
 def _tiny(gauss8, op_name, n_images=2):
     op = get("operator", op_name).example(image_size=8, channels=1, noise_std=0.1)
     x = gauss8.sample(n_images, torch.Generator().manual_seed(0))
-    return op, op(x, generator=list(range(100, 100 + n_images)))
+    return op, op(x, seed=list(range(100, 100 + n_images)))
 
 
 @pytest.mark.parametrize("sampler_name", names("sampler"))
@@ -147,7 +147,7 @@ def test_sampler_contract(gauss8, sampler_name, op_name):
     sigmas = karras_sigmas(5, 0.01, 20.0)
     calls = []
     D = CountingDenoiser(gauss8)
-    res = sampler(D, op, y, sigmas, samples=3, generator=[7, 8], hooks=[calls.append], **SAMPLER_PARAMS.get(sampler_name, {}))
+    res = sampler(D, op, y, sigmas, samples=3, seed=[7, 8], hooks=[calls.append], **SAMPLER_PARAMS.get(sampler_name, {}))
     assert res.x0.shape == (2, 3, 1, 8, 8) and res.x0.dtype == torch.float64
     assert torch.isfinite(res.x0).all()
     assert [s.i for s in calls] == list(range(5)), "each hook is called exactly once per step, in order"
@@ -166,17 +166,17 @@ def test_seeds_batch_independence_and_early_stop(gauss8, sampler_name):
     op, y = _tiny(gauss8, "inpainting", n_images=8)
     sigmas = karras_sigmas(6, 0.01, 20.0)
     seeds = list(range(20, 28))
-    a = sampler(gauss8, op, y, sigmas, samples=2, generator=seeds, **params)
-    b = sampler(gauss8, op, y, sigmas, samples=2, generator=seeds, **params)
+    a = sampler(gauss8, op, y, sigmas, samples=2, seed=seeds, **params)
+    b = sampler(gauss8, op, y, sigmas, samples=2, seed=seeds, **params)
     assert torch.equal(a.x0, b.x0), "same seeds → same samples"
-    alone = sampler(gauss8, op, y[5:6], sigmas, samples=2, generator=seeds[5:6], **params)
+    alone = sampler(gauss8, op, y[5:6], sigmas, samples=2, seed=seeds[5:6], **params)
     assert torch.allclose(alone.x0[0], a.x0[5], atol=1e-12), "an image's samples do not depend on the rest of the batch"
     assert not torch.allclose(a.x0[0, 0], a.x0[0, 1]), "the S samples of one image are different draws"
     D = CountingDenoiser(gauss8)
-    full_nfe = sampler(D, op, y, sigmas, samples=2, generator=seeds, **params).nfe
+    full_nfe = sampler(D, op, y, sigmas, samples=2, seed=seeds, **params).nfe
     steps = []
     D.reset()
-    early = sampler(D, op, y, sigmas, samples=2, generator=seeds, hooks=[steps.append], stop_after=2, **params)
+    early = sampler(D, op, y, sigmas, samples=2, seed=seeds, hooks=[steps.append], stop_after=2, **params)
     assert len(steps) == 2 and early.steps_run == 2 and early.nfe == D.nfe
     assert early.nfe < full_nfe
 
@@ -184,7 +184,7 @@ def test_seeds_batch_independence_and_early_stop(gauss8, sampler_name):
 def test_trace_recorder_reduces_to_blocks(gauss8):
     op, y = _tiny(gauss8, "inpainting")
     rec = TraceRecorder(("likelihood_update", "sigma"), block=4)
-    sample_dps(gauss8, op, y, karras_sigmas(4, 0.01, 20.0), samples=2, generator=[0, 1], hooks=[rec])
+    sample_dps(gauss8, op, y, karras_sigmas(4, 0.01, 20.0), samples=2, seed=[0, 1], hooks=[rec])
     assert rec["likelihood_update"].shape == (4, 2, 2, 2, 2) and rec["sigma"].shape == (4,)
 
 
@@ -200,6 +200,6 @@ def test_sampler_bad_input(gauss8):
     with pytest.raises(ValueError, match="stop_after"):
         sample_dps(gauss8, op, y, sigmas, stop_after=9)
     with pytest.raises(ValueError, match="seeds"):
-        sample_dps(gauss8, op, y, sigmas, generator=[1, 2, 3])
+        sample_dps(gauss8, op, y, sigmas, seed=[1, 2, 3])
     with pytest.raises(ValueError, match="posterior denoiser"):
         sample_exact(lambda x, s: x, op, y, sigmas)

@@ -64,7 +64,7 @@ def _cmd_train(args) -> int:
         prior = load_prior(path)
         y = torch.zeros(64, data.shape[1], args.image_size, args.image_size)
         with torch.no_grad():
-            res = sample_unconditional(prior, Identity(), y, karras_sigmas(32, 0.002, 80.0), generator=list(range(64)))
+            res = sample_unconditional(prior, Identity(), y, karras_sigmas(32, 0.002, 80.0), seed=list(range(64)))
         grid = Path(args.out) / f"{cfg.name}_samples.png"
         save_image_grid(res.x0[:, 0], grid, title=f"{cfg.name}: 64 prior samples (Heun, 32 steps, {res.nfe_per_image:.0f} NFE each)")
         print(f"priorshift train: sample grid {grid}")
@@ -126,7 +126,7 @@ def _cmd_score(args) -> int:
         from priorshift.data import npy_stack
 
         x = npy_stack(args.images)
-        y = op(x, generator=list(range(args.seed, args.seed + x.shape[0])))
+        y = op(x, seed=list(range(args.seed, args.seed + x.shape[0])))
     else:
         y = torch.from_numpy(np.load(args.measurements, allow_pickle=False)).float()
     a, b = (float(v) for v in args.window.split(","))

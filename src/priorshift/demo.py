@@ -57,8 +57,8 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
     print(f"priorshift demo: KLIP on sparse-view CT ({DEMO['views']} views, noise {DEMO['noise_std']}), prior {prior_name}")
     print(f"  {n} healthy + {n} lesion phantoms (hypodense liver lesion, contrast {DEMO['lesion_contrast']}), "
           f"DPS (ζ = {DEMO['zeta']}) {steps} steps × {DEMO['samples']} posterior samples per image")
-    y_id = ct(healthy.images, generator=[10_000 + i for i in range(n)])
-    y_ood = ct(lesions.images, generator=[20_000 + i for i in range(n)])
+    y_id = ct(healthy.images, seed=[10_000 + i for i in range(n)])
+    y_ood = ct(lesions.images, seed=[20_000 + i for i in range(n)])
 
     def bar(label):
         def progress(done, total):

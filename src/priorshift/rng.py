@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["PerImageGenerator", "per_image_generator"]
+__all__ = ["PerImageGenerator", "per_image_rng"]
 
 
 class PerImageGenerator:
@@ -40,8 +40,8 @@ class PerImageGenerator:
         )
 
 
-def per_image_generator(generator, batch_size: int, device: torch.device | str = "cpu") -> PerImageGenerator:
-    """Normalize the ways a user can say "this randomness" into a :class:`PerImageGenerator`.
+def per_image_rng(seed, batch_size: int, device: torch.device | str = "cpu") -> PerImageGenerator:
+    """Normalize a ``seed`` — the one name for per-image randomness across priorshift — into a :class:`PerImageGenerator`.
 
     * ``None``: fresh, non-reproducible seeds drawn from the global RNG;
     * an ``int`` ``s``: image ``b`` gets seed ``s + b`` (reproducible; depends on the position);
@@ -49,18 +49,18 @@ def per_image_generator(generator, batch_size: int, device: torch.device | str =
     * a ``PerImageGenerator``: used as is (its length must equal ``batch_size``);
     * a ``torch.Generator``: per-image seeds are drawn from it (reproducible for the whole batch).
     """
-    if isinstance(generator, PerImageGenerator):
-        if len(generator) != batch_size:
-            raise ValueError(f"generator holds {len(generator)} per-image generators but the batch has {batch_size} images")
-        return generator
-    if generator is None:
+    if isinstance(seed, PerImageGenerator):
+        if len(seed) != batch_size:
+            raise ValueError(f"seed holds {len(seed)} per-image generators but the batch has {batch_size} images")
+        return seed
+    if seed is None:
         seeds = torch.randint(0, 2**62, (batch_size,)).tolist()
-    elif isinstance(generator, torch.Generator):
-        seeds = torch.randint(0, 2**62, (batch_size,), generator=generator).tolist()
-    elif isinstance(generator, int):
-        seeds = [generator + b for b in range(batch_size)]
+    elif isinstance(seed, torch.Generator):
+        seeds = torch.randint(0, 2**62, (batch_size,), generator=seed).tolist()
+    elif isinstance(seed, int):
+        seeds = [seed + b for b in range(batch_size)]
     else:
-        seeds = [int(s) for s in generator]
+        seeds = [int(s) for s in seed]
         if len(seeds) != batch_size:
             raise ValueError(f"got {len(seeds)} seeds for a batch of {batch_size} images; give one seed per image")
     return PerImageGenerator(seeds, device)

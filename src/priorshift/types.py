@@ -11,7 +11,7 @@ Conventions (see ``DESIGN.md``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from torch import Tensor
 
@@ -22,6 +22,7 @@ __all__ = [
     "Hook",
     "SampleResult",
     "Scores",
+    "Detector",
 ]
 
 
@@ -46,7 +47,7 @@ class Operator(Protocol):
 
     ``A`` maps ``(B, C, H, W)`` images to ``(B, *measurement_shape)``; ``A_adjoint`` is its exact adjoint
     (all operators in priorshift are linear). ``noise_std`` is a plain settable attribute.
-    ``__call__(x, generator=None)`` draws a noisy measurement.
+    ``__call__(x, seed=None)`` draws a noisy measurement.
     """
 
     noise_std: float
@@ -55,7 +56,7 @@ class Operator(Protocol):
 
     def A_adjoint(self, y: Tensor) -> Tensor: ...
 
-    def __call__(self, x: Tensor, generator: Any = None) -> Tensor: ...
+    def __call__(self, x: Tensor, seed: Any = None) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -134,3 +135,21 @@ class Scores:
         if name in extras:
             return extras[name]
         raise AttributeError(f"{type(self).__name__} has no attribute or extra {name!r}")
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """A distribution-shift detector. **Higher score = more shifted.** (Base class and the batched loop:
+    :mod:`priorshift.detectors.base`.)
+
+    ``input_kind``: ``"measurements"`` (``y = A(x) + e``) or ``"images"`` (``(B, C, H, W)`` in [-1, 1]).
+    ``fit(data, seed=...)``: calibrate on in-distribution data of that kind (a no-op where none is needed) and
+    return ``self``. ``score(data, seed=..., hooks=...)``: a :class:`Scores` with ``score`` of shape (B,).
+    ``seed``: per-image randomness (an int, one int per image, ...; :func:`priorshift.rng.per_image_rng`).
+    """
+
+    input_kind: str
+
+    def fit(self, data: Tensor | None = None, *, seed: Any = 0) -> "Detector": ...
+
+    def score(self, data: Tensor, *, seed: Any = 0, hooks: Sequence[Hook] = ()) -> Scores: ...

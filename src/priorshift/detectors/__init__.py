@@ -1,8 +1,22 @@
-"""Detectors: score measurements for distribution shift. **Higher score = more shifted.**
+"""Detectors: score measurements (or images) for distribution shift. **Higher score = more shifted.**
 
-``detector.fit(...)`` (a no-op for calibration-free methods) and ``detector.score(y, ...) -> Scores``.
+Every detector follows one contract (:mod:`priorshift.detectors.base`): ``fit(data) -> self`` (a no-op for
+calibration-free methods), ``score(data, seed=..., hooks=...) -> Scores``, a declared ``input_kind`` and an
+``example()`` on an analytic prior; :func:`score_batches` is the batched loop. A new detector is one module,
+one test file and one import line here; the CLI, the bench and the contract tests pick it up by its
+registered name.
 """
 
+from priorshift.detectors.base import Detector, NotFittedError, concat_scores, resolve_seeds, score_batches
 from priorshift.detectors.klip import KLIP, KLIPAccumulator, aggregate_step_maps
 
-__all__ = ["KLIP", "KLIPAccumulator", "aggregate_step_maps"]
+__all__ = [
+    "Detector",
+    "NotFittedError",
+    "score_batches",
+    "concat_scores",
+    "resolve_seeds",
+    "KLIP",
+    "KLIPAccumulator",
+    "aggregate_step_maps",
+]

@@ -296,7 +296,7 @@ class KLIP:
             hooks.append(ProgressBar(total=k1, desc="KLIP"))
         denoiser = as_counting(self.prior)
         result = self.sampler(
-            denoiser, self.operator, y, self.sigmas, samples=self.samples, generator=seed, hooks=hooks, stop_after=k1, **self.sampler_params
+            denoiser, self.operator, y, self.sigmas, samples=self.samples, seed=seed, hooks=hooks, stop_after=k1, **self.sampler_params
         )
         block_map = acc.block_sum / acc.n_window
         extras = {"step_maps": torch.stack(acc.step_maps)} if self.keep_step_maps else {}

@@ -4,7 +4,7 @@ Everything adapts to one protocol, ``D(x, sigma) -> x0_hat`` in VE form (:class:
 """
 
 from priorshift.diffusion.denoisers import CountingDenoiser, EDMDenoiser, as_counting, score
-from priorshift.diffusion.schedules import ddpm_sigmas, karras_sigmas, sigmas_from_alphas_cumprod, ve_g, ve_sigmas, vp_sigmas
+from priorshift.diffusion.schedules import ddpm_sigmas, schedule_for, karras_sigmas, sigmas_from_alphas_cumprod, ve_g, ve_sigmas, vp_sigmas
 from priorshift.diffusion.unet import UNet, UNetConfig
 from priorshift.diffusion.vp import VPDenoiser, from_diffusers
 
@@ -15,6 +15,7 @@ __all__ = [
     "as_counting",
     "VPDenoiser",
     "from_diffusers",
+    "schedule_for",
     "karras_sigmas",
     "ve_sigmas",
     "vp_sigmas",

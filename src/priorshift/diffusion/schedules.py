@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["karras_sigmas", "ve_sigmas", "vp_sigmas", "ddpm_sigmas", "sigmas_from_alphas_cumprod", "ve_g"]
+__all__ = ["schedule_for", "SCHEDULES", "karras_sigmas", "ve_sigmas", "vp_sigmas", "ddpm_sigmas", "sigmas_from_alphas_cumprod", "ve_g"]
 
 
 def _check(n: int, sigma_min: float, sigma_max: float) -> None:
@@ -81,3 +81,24 @@ def ddpm_sigmas(alphas_cumprod, n: int, spacing: str = "leading") -> tuple[Tenso
 def ve_g(sigma: float, sigma_min: float, sigma_max: float) -> float:
     """Diffusion coefficient of the geometric VE SDE: ``g(t) = σ(t) sqrt(2 ln(σ_max / σ_min))``."""
     return sigma * math.sqrt(2 * math.log(sigma_max / sigma_min))
+
+
+SCHEDULES = ("karras", "ve")
+DEFAULT_SIGMA_RANGE = (0.002, 80.0)
+
+
+def schedule_for(prior, steps: int, schedule: str = "karras", sigma_min: float | None = None, sigma_max: float | None = None) -> Tensor:
+    """The ``(steps + 1,)`` schedule for sampling ``prior``: ``"karras"`` (ρ = 7) or ``"ve"`` (geometric).
+
+    The one place where σ is clamped to the prior's own range: unless given, ``sigma_min`` is
+    ``max(prior.sigma_min, 0.002)`` and ``sigma_max`` is ``min(prior.sigma_max, 80)`` (a denoiser is only
+    trusted on the noise levels it was trained on; the bounds are EDM's defaults).
+    """
+    lo_default, hi_default = DEFAULT_SIGMA_RANGE
+    lo = max(float(getattr(prior, "sigma_min", lo_default)), lo_default) if sigma_min is None else float(sigma_min)
+    hi = min(float(getattr(prior, "sigma_max", hi_default)), hi_default) if sigma_max is None else float(sigma_max)
+    if schedule == "karras":
+        return karras_sigmas(int(steps), lo, hi)
+    if schedule == "ve":
+        return ve_sigmas(int(steps), lo, hi)
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")

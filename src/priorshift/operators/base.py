@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from priorshift._checks import check_image, check_tensor
-from priorshift.rng import per_image_generator
+from priorshift.rng import per_image_rng
 
 __all__ = ["LinearOperator", "adjoint_error"]
 
@@ -72,12 +72,12 @@ class LinearOperator:
         return self.A_adjoint(z)
 
     # -- measurements ---------------------------------------------------------------------------------
-    def __call__(self, x: Tensor, generator: Any = None) -> Tensor:
-        """A noisy measurement ``A x + noise_std · n``; ``generator`` as in :func:`priorshift.rng.per_image_generator`."""
+    def __call__(self, x: Tensor, seed: Any = None) -> Tensor:
+        """A noisy measurement ``A x + noise_std · n``; ``seed`` as in :func:`priorshift.rng.per_image_rng`."""
         self.check_x(x)
         y = self.A(x)
         if self.noise_std > 0:
-            rng = per_image_generator(generator, x.shape[0], x.device)
+            rng = per_image_rng(seed, x.shape[0], x.device)
             y = y + self.noise_std * rng.randn(y.shape[1:], dtype=y.dtype)
         return y
 

@@ -13,10 +13,24 @@ from torch import Tensor
 
 from priorshift._checks import check_tensor
 from priorshift.diffusion.denoisers import as_counting
-from priorshift.rng import per_image_generator
+from priorshift.rng import per_image_rng
 from priorshift.types import Hook, SampleResult, StepState
 
-__all__ = ["SamplerRun", "prior_step"]
+__all__ = ["SamplerRun", "prior_step", "likelihood_stages"]
+
+
+def likelihood_stages(*labels: str):
+    """Declare the labels a sampler reports in ``StepState.likelihood_updates`` (empty: no likelihood step).
+
+    Detectors that read a labelled stage (KLIP's ``stage=``) check it against this declaration when they are
+    built, and detectors that need a measurement step refuse samplers that declare none.
+    """
+
+    def decorator(fn):
+        fn.likelihood_stages = tuple(labels)
+        return fn
+
+    return decorator
 
 
 def prior_step(x: Tensor, x0: Tensor, sigma: float, sigma_next: float, noise: Tensor | None, method: str) -> tuple[Tensor, float]:
@@ -61,7 +75,7 @@ class SamplerRun:
         sigmas,
         *,
         samples: int,
-        generator,
+        seed,
         hooks: Sequence[Hook],
         stop_after: int | None,
     ):
@@ -95,7 +109,7 @@ class SamplerRun:
         self.image_shape = tuple(operator.A_adjoint(y[:1]).shape[1:])
         self.dtype = y.dtype if y.is_floating_point() else torch.float32
         self.device = y.device
-        self.rng = per_image_generator(generator, self.B, self.device)
+        self.rng = per_image_rng(seed, self.B, self.device)
         self.steps_run = 0
 
     # -- randomness -----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from priorshift.registry import register
-from priorshift.samplers._run import SamplerRun, prior_step
+from priorshift.samplers._run import SamplerRun, likelihood_stages, prior_step
 from priorshift.types import SampleResult
 
 __all__ = ["sample_dps", "dps_gradient"]
@@ -46,6 +46,7 @@ def dps_gradient(D, operator, x, sigma_vec, y_rep, *, jacobian: bool, normalize:
 
 
 @register("sampler", "dps")
+@likelihood_stages("dps")
 def sample_dps(
     denoiser,
     operator,
@@ -53,7 +54,7 @@ def sample_dps(
     sigmas,
     *,
     samples: int = 1,
-    generator=None,
+    seed=None,
     hooks=(),
     stop_after: int | None = None,
     zeta: float = 0.3,
@@ -68,7 +69,7 @@ def sample_dps(
         raise ValueError(f"zeta_scaling must be 'vp' or 'constant', got {zeta_scaling!r}")
     if not zeta > 0:
         raise ValueError(f"zeta must be > 0, got {zeta}")
-    run = SamplerRun(denoiser, operator, y, sigmas, samples=samples, generator=generator, hooks=hooks, stop_after=stop_after)
+    run = SamplerRun(denoiser, operator, y, sigmas, samples=samples, seed=seed, hooks=hooks, stop_after=stop_after)
     x = run.initial()
     x0 = x
     for i, sigma, sigma_next in run.steps():

@@ -11,13 +11,14 @@ from __future__ import annotations
 import torch
 
 from priorshift.registry import register
-from priorshift.samplers._run import SamplerRun, prior_step
+from priorshift.samplers._run import SamplerRun, likelihood_stages, prior_step
 from priorshift.types import SampleResult
 
 __all__ = ["sample_exact"]
 
 
 @register("sampler", "exact")
+@likelihood_stages("exact")
 @torch.no_grad()
 def sample_exact(
     denoiser,
@@ -26,7 +27,7 @@ def sample_exact(
     sigmas,
     *,
     samples: int = 1,
-    generator=None,
+    seed=None,
     hooks=(),
     stop_after: int | None = None,
     posterior_denoiser=None,
@@ -42,7 +43,7 @@ def sample_exact(
     marginals per step, 2 NFE per step; its likelihood update is the posterior-minus-prior difference of
     the ODE slopes, i.e. ``½ g² dt · ∇log p_σ(y | x)`` — half the SDE's, as for every ODE step).
     """
-    run = SamplerRun(denoiser, operator, y, sigmas, samples=samples, generator=generator, hooks=hooks, stop_after=stop_after)
+    run = SamplerRun(denoiser, operator, y, sigmas, samples=samples, seed=seed, hooks=hooks, stop_after=stop_after)
     if posterior_denoiser is None:
         make = getattr(denoiser, "posterior_denoiser", None)
         if make is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from priorshift.registry import register
-from priorshift.samplers._run import SamplerRun
+from priorshift.samplers._run import SamplerRun, likelihood_stages
 from priorshift.samplers.dps import dps_gradient
 from priorshift.types import SampleResult
 
@@ -25,6 +25,7 @@ __all__ = ["sample_langevin"]
 
 
 @register("sampler", "langevin")
+@likelihood_stages("dps")
 def sample_langevin(
     denoiser,
     operator,
@@ -32,7 +33,7 @@ def sample_langevin(
     sigmas,
     *,
     samples: int = 1,
-    generator=None,
+    seed=None,
     hooks=(),
     stop_after: int | None = None,
     inner: int = 10,
@@ -46,7 +47,7 @@ def sample_langevin(
         raise ValueError(f"inner must be >= 1, got {inner}")
     if not 0 < step < 2:
         raise ValueError(f"step must be in (0, 2), got {step}")
-    run = SamplerRun(denoiser, operator, y, sigmas, samples=samples, generator=generator, hooks=hooks, stop_after=stop_after)
+    run = SamplerRun(denoiser, operator, y, sigmas, samples=samples, seed=seed, hooks=hooks, stop_after=stop_after)
     x = run.initial()
     x0 = x
     last = run.n_steps - 1

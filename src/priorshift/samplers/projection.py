@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from priorshift.registry import register
-from priorshift.samplers._run import SamplerRun, prior_step
+from priorshift.samplers._run import SamplerRun, likelihood_stages, prior_step
 from priorshift.types import SampleResult
 
 __all__ = ["sample_projection", "damped_pinv", "SpectralPinv"]
@@ -121,6 +121,7 @@ def _spectral_pinv(operator, y: Tensor) -> SpectralPinv:
 
 
 @register("sampler", "projection")
+@likelihood_stages("corrector", "predictor")
 @torch.no_grad()
 def sample_projection(
     denoiser,
@@ -129,7 +130,7 @@ def sample_projection(
     sigmas,
     *,
     samples: int = 1,
-    generator=None,
+    seed=None,
     hooks=(),
     stop_after: int | None = None,
     weight: float = 1.0,
@@ -148,7 +149,7 @@ def sample_projection(
     ones use ``cg_iters`` conjugate-gradient iterations."""
     if not 0 < weight <= 1:
         raise ValueError(f"weight (λ) must be in (0, 1], got {weight}")
-    run = SamplerRun(denoiser, operator, y, sigmas, samples=samples, generator=generator, hooks=hooks, stop_after=stop_after)
+    run = SamplerRun(denoiser, operator, y, sigmas, samples=samples, seed=seed, hooks=hooks, stop_after=stop_after)
     D, A = run.denoiser, operator
     exact = bool(getattr(A, "pinv_is_exact", False))
     if damping is None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from priorshift.registry import register
-from priorshift.samplers._run import SamplerRun, prior_step
+from priorshift.samplers._run import SamplerRun, likelihood_stages, prior_step
 from priorshift.types import SampleResult
 
 __all__ = ["sample_unconditional"]
 
 
 @register("sampler", "unconditional")
+@likelihood_stages()
 @torch.no_grad()
 def sample_unconditional(
     denoiser,
@@ -20,7 +21,7 @@ def sample_unconditional(
     sigmas,
     *,
     samples: int = 1,
-    generator=None,
+    seed=None,
     hooks=(),
     stop_after: int | None = None,
     method: str = "heun",
@@ -31,7 +32,7 @@ def sample_unconditional(
     ``method``: ``"heun"`` (2nd order ODE, 2 NFE per step except the last), ``"euler"`` (ODE) or
     ``"ancestral"`` / ``"euler_maruyama"`` (stochastic). Returns ``x0`` of shape (B, S, C, H, W).
     """
-    run = SamplerRun(denoiser, operator, y, sigmas, samples=samples, generator=generator, hooks=hooks, stop_after=stop_after)
+    run = SamplerRun(denoiser, operator, y, sigmas, samples=samples, seed=seed, hooks=hooks, stop_after=stop_after)
     D = run.denoiser
     x = run.initial()
     x0 = x
