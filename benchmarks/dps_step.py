@@ -16,7 +16,7 @@ from _common import emit, hardware
 from klip_experiment import task_config
 
 from priorshift import load_prior
-from priorshift.diffusion import karras_sigmas
+from priorshift.diffusion import schedule_for
 from priorshift.metrics import psnr
 from priorshift.samplers import sample_dps
 
@@ -36,7 +36,7 @@ def main():
     prior, op = load_prior(args.prior or cfg["prior"]), cfg["operator"]
     x = cfg["sets"]["tune_id"].images[: args.n]
     y = op(x, seed=[7_000 + i for i in range(args.n)])
-    sigmas = karras_sigmas(args.steps, 0.002, 80.0)
+    sigmas = schedule_for(prior, args.steps)
     lines = [f"# DPS step ζ — {args.task} (ID tuning images only)", "",
              f"Prior `{args.prior or cfg['prior']}`; {cfg['description']}; DPS without the network Jacobian, {args.steps} steps, "
              f"ζ·(1+σ²) scaling, step divided by ‖y − A x̂0‖; {args.n} ID tuning images, one posterior sample each.", "",

@@ -26,19 +26,18 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from priorshift import load_prior
+from priorshift.detectors.klip import image_score
 from priorshift.bench.figures import contrast_figure, heatmap_figure, roc_figure, step_curve_figure
-from priorshift.bench.klip_eval import VARIANT_NAMES, Setting, Trace, ablation_settings, evaluate, score_set, tune
+from priorshift.bench.klip_eval import VARIANT_NAMES, Setting, Trace, ablation_settings, evaluate, load_or_score, tune
 from priorshift.data import LabeledSet, fashion_mnist, healthy_set, insert_scar, insert_star, lesion_set, star_set
-from priorshift.diffusion.checkpoint import atomic_write, atomic_write_json
-from priorshift.operators import GaussianBlur, Inpainting, ParallelBeamCT, random_block_mask
+from priorshift.io import atomic_write_json
+from priorshift.tasks import get_task
 
-CT_VIEWS, CT_NOISE = 20, 0.5
-# DPS step ζ per task: the smallest ζ within 0.2 dB of the best reconstruction PSNR on ID tuning images
-# (benchmarks/dps_step.py; results/dps-step-*.md)
-ZETA = {"ct": 0.1, "fmnist-blur": 1.5, "fmnist-inpaint": 0.6}
+# The measurement setups and the DPS step ζ per task live in priorshift.tasks (ζ: the smallest within 0.2 dB of
+# the best reconstruction PSNR on ID tuning images, benchmarks/dps_step.py; results/dps-step-*.md).
+ZETA = {name: get_task(name).plan["zeta"] for name in ("ct", "fmnist-blur", "fmnist-inpaint")}
 
 
 def _fmnist_sets(n_tune: int, n_eval: int, kind_seed: int = 0) -> dict[str, LabeledSet]:
@@ -61,55 +60,44 @@ def _fmnist_sets(n_tune: int, n_eval: int, kind_seed: int = 0) -> dict[str, Labe
 
 
 def task_config(task: str, n_tune: int, n_eval: int):
+    if task not in ZETA:
+        raise SystemExit(f"unknown task {task!r}; choose ct, fmnist-blur or fmnist-inpaint")
+    defn = get_task(task)
+    op = defn.make_operator()
+    common = dict(prior=defn.prior, operator=op, base_block=defn.base_block, description=defn.description)
     if task == "ct":
+        contrast = defn.extra["lesion_contrast"]
         sets = {
             "tune_id": healthy_set(n_tune, seed=20_001),
             "tune_ood": star_set(n_tune, seed=20_002),
             "eval_id": healthy_set(n_eval, seed=20_003),
-            "eval_lesion": lesion_set(n_eval, seed=20_004, contrast=-0.15),
+            "eval_lesion": lesion_set(n_eval, seed=20_004, contrast=contrast),
             "eval_star": star_set(n_eval, seed=20_005),
         }
         contrasts = (-0.05, -0.1, -0.15, -0.2, -0.3)
         for c in contrasts:
-            if c != -0.15:
+            if c != contrast:
                 sets[f"lesion_{c:+.2f}"] = lesion_set(n_eval, seed=20_004, contrast=c)
-        op = ParallelBeamCT(image_size=64, n_views=CT_VIEWS, noise_std=CT_NOISE)
-        return dict(prior="phantom-ct-64", operator=op, sets=sets, blocks=(2, 4, 8, 16, 32), base_block=2, contrasts=contrasts,
-                    measurement=lambda y: op.fbp(y, filter="hann"), measurement_title=f"FBP ({CT_VIEWS} views)",
-                    description=f"sparse-view parallel-beam CT, {CT_VIEWS} views, noise σ_y = {CT_NOISE} (sinogram units)", main_ood="eval_lesion")
-    if task in ("fmnist-blur", "fmnist-inpaint"):
-        if task == "fmnist-blur":
-            op = GaussianBlur(7, 1.5, noise_std=0.02)
-            desc, title = "Gaussian deblurring (7×7 kernel, σ_blur = 1.5 px, circular), noise σ_y = 0.02", "blurred y"
-        else:
-            op = Inpainting(mask=random_block_mask(32, 4, 0.7, generator=torch.Generator().manual_seed(0)), noise_std=0.02)
-            desc, title = "inpainting (random 4×4-px blocks, 70% observed), noise σ_y = 0.02", "masked y"
-        show = (lambda y: y) if task == "fmnist-blur" else op.A_pinv  # the blurred image itself; the masked image
-        return dict(prior="fashion-mnist-32", operator=op, sets=_fmnist_sets(n_tune, n_eval), blocks=(2, 4, 8, 16), base_block=2, contrasts=(),
-                    measurement=show, measurement_title=title, description=desc, main_ood="eval_star")
-    raise SystemExit(f"unknown task {task!r}; choose ct, fmnist-blur or fmnist-inpaint")
+        return dict(common, sets=sets, blocks=(2, 4, 8, 16, 32), contrasts=contrasts, measurement=lambda y: op.fbp(y, filter="hann"),
+                    measurement_title=f"FBP ({op.n_views} views)", main_ood="eval_lesion")
+    show, title = ((lambda y: y), "blurred y") if task == "fmnist-blur" else (op.A_pinv, "masked y")  # the blurred image itself; the masked image
+    return dict(common, sets=_fmnist_sets(n_tune, n_eval), blocks=(2, 4, 8, 16), contrasts=(), measurement=show, measurement_title=title, main_ood="eval_star")
 
 
-def load_or_score(path: Path, prior, op, ls: LabeledSet, seed_base: int, klip_kwargs: dict, base_block: int) -> Trace:
-    meta_path = path.with_suffix(".json")
-    key = json.dumps({**klip_kwargs, "base_block": base_block, "seed_base": seed_base, "n": ls.images.shape[0]}, sort_keys=True)
-    if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key:
-        t = load_file(str(path))
-        m = json.loads(meta_path.read_text())
-        return Trace(t["step_maps"], base_block, m["n_steps"], m["nfe_per_image_full"], m["seconds"], t["kl_nats"], t["reconstruction"], t["sigmas"])
+def load_or_score_set(path: Path, prior, op, ls: LabeledSet, seed_base: int, klip_kwargs: dict, base_block: int) -> Trace:
+    """Measure ``ls`` (noise seeds ``seed_base + i``) and score it once; cached by the run's settings."""
+    # The cache key keeps the format of the traces in benchmarks/results (sampler, steps, samples, sampler_params).
+    legacy = {"sampler": klip_kwargs["plan"]["sampler"], "steps": klip_kwargs["plan"]["steps"], "samples": klip_kwargs["samples"],
+              "sampler_params": {k: v for k, v in klip_kwargs["plan"].items() if k not in ("sampler", "steps")}}
+    key = json.dumps({**legacy, "base_block": base_block, "seed_base": seed_base, "n": ls.images.shape[0]}, sort_keys=True)
     n = ls.images.shape[0]
     y = op(ls.images, seed=[seed_base + i for i in range(n)])
     t0 = time.perf_counter()
 
     def progress(done, total):
-        print(f"\r  {path.stem}: {done}/{total} images ({time.perf_counter() - t0:.0f}s)", end="", file=sys.stderr, flush=True)
+        print(f"\r  {path.stem}: {done}/{total} images ({time.perf_counter() - t0:.0f}s)", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    tr = score_set(prior, op, y, seeds=[seed_base + 500_000 + i for i in range(n)], base_block=base_block, progress=progress, **klip_kwargs)
-    print(file=sys.stderr)
-    tensors = {"step_maps": tr.step_maps.contiguous(), "kl_nats": tr.kl_nats.contiguous(), "reconstruction": tr.reconstruction.contiguous(), "sigmas": tr.sigmas.contiguous()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp))
-    atomic_write_json(meta_path, {"key": key, "n_steps": tr.n_steps, "nfe_per_image_full": tr.nfe_per_image_full, "seconds": tr.seconds})
-    return tr
+    return load_or_score(path, prior, op, y, seed=[seed_base + 500_000 + i for i in range(n)], base_block=base_block, key=key, progress=progress, **klip_kwargs)
 
 
 def fmt(v, digits=3):
@@ -140,11 +128,11 @@ def main():
         args.zeta = ZETA[args.task]
     if args.zeta is not None:
         sampler_params["zeta"] = args.zeta
-    klip_kwargs = dict(sampler=args.sampler, steps=args.steps, samples=args.samples, sampler_params=sampler_params)
+    klip_kwargs = dict(plan={"sampler": args.sampler, "steps": args.steps, **sampler_params}, samples=args.samples)
     t_start = time.perf_counter()
     traces = {}
     for i, (name, ls) in enumerate(cfg["sets"].items()):
-        traces[name] = load_or_score(out / "traces" / f"{name}.safetensors", prior, op, ls, 1_000_000 * (i + 1), klip_kwargs, cfg["base_block"])
+        traces[name] = load_or_score_set(out / "traces" / f"{name}.safetensors", prior, op, ls, 1_000_000 * (i + 1), klip_kwargs, cfg["base_block"])
     sets = cfg["sets"]
     body = lambda name: sets[name].body_masks  # noqa: E731
     tid, tood = traces["tune_id"], traces["tune_ood"]
@@ -165,7 +153,7 @@ def main():
         f"# KLIP — {args.task}",
         "",
         f"Prior `{cfg['prior']}`; {cfg['description']}. Sampler `{args.sampler}` {sampler_params or ''}, {args.steps} steps "
-        f"(Karras ρ = 7, σ ∈ [0.002, 80]), S = {args.samples} posterior samples, map normalized by g (VE), mean of squares.",
+        f"(Karras ρ = 7, σ ∈ [{float(tid.sigmas[-2]):.3g}, {float(tid.sigmas[0]):.3g}]), S = {args.samples} posterior samples, map normalized by g (VE), mean of squares.",
         f"Sets: tuning {args.n_tune} ID + {args.n_tune} star; evaluation {args.n_eval} ID + {args.n_eval} per OOD type (disjoint images, seeds and noise).",
         f"Block and window tuned on the star **tuning** split only (dataset-level objective: AUROC of the max over blocks; image-level: mean block AUROC), "
         f"then fixed. OOD = positive class; FPR@95 (OOD+) = fraction of ID flagged when 95% of OOD are caught; (ID+) = fraction of OOD passed when 95% of ID are kept.",
@@ -207,7 +195,7 @@ def main():
     # --- figures ---
     main_ood = cfg["main_ood"]
     ks, wi = tuned["dataset"]["klip"], tuned["dataset"]["whole_image"]
-    score = lambda s, tr: s.maps(tr).flatten(1).max(1).values.numpy()  # noqa: E731
+    score = lambda s, tr: image_score(s.maps(tr)).numpy()  # noqa: E731
     roc_figure({f"KLIP ({ks.label()})": (score(ks, traces["eval_id"]), score(ks, traces[main_ood])),
                 "whole-image KL": (score(wi, traces["eval_id"]), score(wi, traces[main_ood]))}, out / "roc.png", title=f"{args.task}: ID vs {main_ood[5:]}")
     si = tuned["image"]["klip"]
@@ -222,7 +210,7 @@ def main():
     heatmap_figure(meas, rec, maps, masks, out / "heatmaps.png", labels=[f"ID {i}" for i in idx_id] + [f"{main_ood[5:]} {i}" for i in idx_ood],
                    measurement_title=cfg["measurement_title"], title=f"KLIP map ({si.label()})")
     tr_id, tr_ood = traces["eval_id"], traces[main_ood]
-    curve = lambda tr: tr.step_maps.flatten(2).sum(2).double()  # noqa: E731
+    curve = lambda tr: tr.step_maps.flatten(2).sum(2).double().T  # noqa: E731  (T, N) per-step energy
     step_curve_figure(tr_id.sigmas[:-1], {"ID": curve(tr_id), main_ood[5:]: curve(tr_ood)}, ks.steps(tr_id.n_steps), out / "step_curves.png", title=f"{args.task}: per-step likelihood-update energy")
 
     total_nfe = sum(tr.nfe_per_image_full * tr.n for tr in traces.values())

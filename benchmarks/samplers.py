@@ -21,7 +21,7 @@ import torch
 from _common import best_time, emit, hardware
 from tqdm import tqdm
 
-from priorshift.diffusion import EDMDenoiser, UNet, UNetConfig, karras_sigmas
+from priorshift.diffusion import EDMDenoiser, UNet, UNetConfig, schedule_for
 from priorshift.operators import Inpainting, ParallelBeamCT, random_pixel_mask
 from priorshift.samplers import sample_dps, sample_langevin, sample_projection, sample_unconditional
 
@@ -48,7 +48,7 @@ def main():
     n = args.images * args.samples
     x = torch.randn(n, 1, 64, 64, device=dev)
 
-    sig = karras_sigmas(args.steps, 0.002, 80.0)
+    sig = schedule_for(D, args.steps)
     levels = [torch.full((n,), float(v), device=dev) for v in sig[:-1]]
 
     def network(calls_per_step: int, backward: bool):

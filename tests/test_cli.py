@@ -59,15 +59,47 @@ def test_train_end_to_end_and_resume(tiny_run, capsys):
 
 def test_score_command(tiny_run, tmp_path, capsys):
     run_dir, _ = tiny_run
-    argv = ["score", "--prior", str(run_dir / "run" / "run.safetensors"), "--images", str(run_dir / "imgs.npy"), "--operator", "blur",
-            "--kernel-size", "5", "--blur-sigma", "1", "--noise-std", "0.05", "--steps", "4", "--window", "0,1", "--block", "4",
-            "--out", str(tmp_path), "--quiet", "--batch-size", "16"]
+    prior = str(run_dir / "run" / "run.safetensors")
+    out = tmp_path / "out"
+    argv = ["score", "--prior", prior, "--images", str(run_dir / "imgs.npy"), "--operator", "blur:kernel=5,sigma=1,noise=0.05",
+            "--plan", "steps=4", "--param", "window=0,1", "--param", "block=4", "--param", "samples=2", "--out", str(out), "--quiet", "--batch-size", "16"]
     assert main(argv) == 0
-    rows = (tmp_path / "scores.csv").read_text().splitlines()
-    assert rows[0] == "index,klip_score,kl_nats_window" and len(rows) == 41
-    assert np.load(tmp_path / "maps.npy").shape == (40, 4, 4) and (tmp_path / "heatmaps.png").exists()
-    assert main(["score", "--prior", str(run_dir / "run" / "run.safetensors"), "--operator", "ct", "--out", str(tmp_path)]) == 2
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert rows[0].startswith("index,score,nfe,seed,kl_nats") and len(rows) == 41
+    # NFE per image is the total over all 40 images (the last batch of 8 is smaller), not the last batch's.
+    assert {r.split(",")[2] for r in rows[1:]} == {"8"}, "4 steps × 2 samples per image"
+    assert [r.split(",")[3] for r in rows[1:4]] == ["0", "1", "2"]
+    assert np.load(out / "maps.npy").shape == (40, 4, 4) and (out / "heatmaps.png").exists()
+    import json
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["detector"]["plan"]["steps"] == 4 and config["detector"]["block"] == 4 and config["nfe_per_image"] == 8
+    # A second run into the same directory is refused unless --overwrite; a refused run changes nothing.
+    before = sorted(p.name for p in out.iterdir())
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert main(argv + ["--overwrite"]) == 0
+    assert main(["score", "--prior", prior, "--operator", "ct", "--out", str(tmp_path / "x")]) == 2
     assert "exactly one of --measurements" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists(), "a refused run creates nothing"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--operator", "warp"], "unknown operator 'warp'"),
+    (["--operator", "blur:sigma"], "key=value"),
+    (["--operator", "identity", "--param", "block"], "key=value"),
+    (["--operator", "identity", "--detector", "nope"], "unknown detector 'nope'"),
+    (["--operator", "identity", "--plan", "sampler=unconditional"], "no likelihood step"),
+    (["--operator", "identity", "--plan", "zeta=-1", "--plan", "steps=2"], "zeta must be > 0"),
+    (["--operator", "identity", "--batch-size", "0"], "--batch-size"),
+])
+def test_score_bad_arguments(tiny_run, tmp_path, capsys, extra, message):
+    run_dir, _ = tiny_run
+    argv = ["score", "--prior", str(run_dir / "run" / "run.safetensors"), "--images", str(run_dir / "imgs.npy"), "--out", str(tmp_path / "o"), "--quiet", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_train_bad_input(tmp_path, capsys):
@@ -102,7 +134,8 @@ def test_readme_example_runs():
 
     readme = Path(__file__).resolve().parents[1] / "README.md"
     code = re.search(r"```python\n(.*?)```", readme.read_text(), re.S).group(1)
-    code = code.replace("steps=50", "steps=6")
+    code = code.replace('"steps": 50', '"steps": 6')
+    assert '"steps": 6' in code
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     s = namespace["s"]

@@ -26,7 +26,7 @@ def test_kl_nats_converges_to_closed_form(inpainting_problem):
     exact = prior.kl_posterior_prior(op, y)
     errors = []
     for steps in (50, 200):
-        det = KLIP(prior, op, sampler="exact", steps=steps, variant="whole_image", samples=256)
+        det = KLIP(prior, op, plan={"sampler": "exact", "steps": steps}, variant="whole_image", samples=256)
         errors.append(float(((det.score(y, seed=[0, 1]).kl_nats - exact) / exact).abs().mean()))
     assert errors[1] < 0.05, f"KL error {errors[1]:.3f} at 200 steps"
     assert errors[1] < errors[0], f"the error must shrink with the step count: {errors}"
@@ -41,7 +41,7 @@ def test_map_localizes_a_block_shift(sampler, params):
     x[:, :, 4:8, 8:12] += 1.0
     op = Identity(noise_std=0.1)
     y = op(x, seed=list(range(n)))
-    det = KLIP(prior, op, sampler=sampler, steps=50, block=4, samples=2, sampler_params=params)
+    det = KLIP(prior, op, plan={"sampler": sampler, "steps": 50, **params}, block=4, samples=2)
     scores = det.score(y, seed=list(range(n)))
     hits = (scores.map.flatten(1).argmax(1) == 1 * 4 + 2).float().mean()
     assert hits >= 0.95, f"the shifted block is the top block for {float(hits):.0%} of seeds"
@@ -54,14 +54,14 @@ def test_shape_sign_and_early_stop():
     op = Inpainting(mask=random_pixel_mask(16, 0.6, generator=torch.Generator().manual_seed(2)).double(), noise_std=0.1)
     y = op(x, seed=list(range(12)))
     D = CountingDenoiser(prior)
-    det = KLIP(D, op, sampler="dps", steps=40, window=(0.65, 0.85), block=4, samples=2, sampler_params={"jacobian": False})
+    det = KLIP(D, op, plan={"sampler": "dps", "steps": 40, "jacobian": False}, window=(0.65, 0.85), block=4, samples=2)
     s = det.score(y, seed=list(range(12)))
     assert s.score.shape == (12,) and s.map.shape == (12, 4, 4) and s.kl_nats.shape == (12,)
     assert s.score[6:].mean() > 2 * s.score[:6].mean(), "higher = more shifted"
     assert s.score[6:].min() > s.score[:6].median(), "every shifted image scores above the typical clean one"
     assert s.nfe == D.nfe == 12 * 2 * 34, "sampling stops at the end of the window: round(0.85·40) = 34 steps"
-    assert s.curve.shape == (34, 12) and s.extras["window_steps"] == (26, 34)
-    full = KLIP(prior, op, sampler="dps", steps=40, variant="whole_image", samples=2, sampler_params={"jacobian": False}).score(y, seed=0)
+    assert s.curve.shape == (12, 34) and s.extras["window_steps"] == (26, 34)
+    full = KLIP(prior, op, plan={"sampler": "dps", "steps": 40, "jacobian": False}, variant="whole_image", samples=2).score(y, seed=0)
     assert full.nfe == 12 * 2 * 40 and full.map.shape == (12, 1, 1)
     assert torch.allclose(full.score, full.map.flatten(1)[:, 0])
 
@@ -69,7 +69,7 @@ def test_shape_sign_and_early_stop():
 @pytest.mark.parametrize("variant, map_shape", [("klip", (4, 4)), ("spatial_only", (4, 4)), ("temporal_only", (1, 1)), ("whole_image", (1, 1))])
 def test_variants_and_batch_independence(inpainting_problem, variant, map_shape):
     prior, op, y = inpainting_problem
-    det = KLIP(prior, op, steps=20, block=4, samples=2, variant=variant, sampler_params={"jacobian": False})
+    det = KLIP(prior, op, plan={"steps": 20, "jacobian": False}, block=4, samples=2, variant=variant)
     both = det.score(y, seed=[5, 6])
     alone = det.score(y[1:], seed=[6])
     assert both.map.shape == (2, *map_shape)
@@ -78,17 +78,17 @@ def test_variants_and_batch_independence(inpainting_problem, variant, map_shape)
 
 def test_reductions_coincide_for_one_sample(inpainting_problem):
     prior, op, y = inpainting_problem
-    a = KLIP(prior, op, steps=20, block=4, samples=1, reduction="mean_of_squares").score(y, seed=[1, 2])
-    b = KLIP(prior, op, steps=20, block=4, samples=1, reduction="square_of_mean").score(y, seed=[1, 2])
+    a = KLIP(prior, op, plan={"steps": 20}, block=4, samples=1, reduction="mean_of_squares").score(y, seed=[1, 2])
+    b = KLIP(prior, op, plan={"steps": 20}, block=4, samples=1, reduction="square_of_mean").score(y, seed=[1, 2])
     assert torch.allclose(a.map, b.map)
-    c = KLIP(prior, op, steps=20, block=4, samples=4, reduction="square_of_mean").score(y, seed=[1, 2])
-    d = KLIP(prior, op, steps=20, block=4, samples=4, reduction="mean_of_squares").score(y, seed=[1, 2])
+    c = KLIP(prior, op, plan={"steps": 20}, block=4, samples=4, reduction="square_of_mean").score(y, seed=[1, 2])
+    d = KLIP(prior, op, plan={"steps": 20}, block=4, samples=4, reduction="mean_of_squares").score(y, seed=[1, 2])
     assert bool((c.map <= d.map + 1e-12).all()), "‖E u‖² ≤ E ‖u‖² (Jensen)"
 
 
 def test_kl_normalization_map_sums_to_kl(inpainting_problem):
     prior, op, y = inpainting_problem
-    s = KLIP(prior, op, sampler="exact", steps=20, variant="spatial_only", block=4, samples=2, normalization="kl").score(y, seed=[0, 1])
+    s = KLIP(prior, op, plan={"sampler": "exact", "steps": 20}, variant="spatial_only", block=4, samples=2, normalization="kl").score(y, seed=[0, 1])
     n_steps = s.extras["window_steps"][1] - s.extras["window_steps"][0]
     assert torch.allclose(s.map.flatten(1).sum(1) * n_steps, s.kl_nats, rtol=1e-10)
 
@@ -101,7 +101,7 @@ def test_bad_input(inpainting_problem):
         with pytest.raises(ValueError, match="window"):
             KLIP(prior, op, window=window)
     with pytest.raises(ValueError, match="selects no step"):
-        KLIP(prior, op, steps=4, window=(0.5, 0.6))
+        KLIP(prior, op, plan={"steps": 4}, window=(0.5, 0.6))
     with pytest.raises(ValueError, match="samples"):
         KLIP(prior, op, samples=0)
     with pytest.raises(ValueError, match="shape"):
@@ -109,7 +109,7 @@ def test_bad_input(inpainting_problem):
     with pytest.raises(ValueError, match="NaN"):
         KLIP(prior, op).score(torch.full_like(y, float("nan")))
     with pytest.raises(ValueError, match="unknown sampler"):
-        KLIP(prior, op, sampler="ddim")
+        KLIP(prior, op, plan={"sampler": "ddim"})
     with pytest.raises(ValueError, match="variant"):
         KLIP(prior, op, variant="spatial")
 
@@ -119,9 +119,9 @@ def test_step_maps_reproduce_other_windows_and_blocks(inpainting_problem):
     from priorshift.detectors import aggregate_step_maps
 
     prior, op, y = inpainting_problem
-    kw = dict(steps=20, samples=2, sampler_params={"jacobian": False})
+    kw = dict(plan={"steps": 20, "jacobian": False}, samples=2)
     trace = KLIP(prior, op, block=2, variant="spatial_only", keep_step_maps=True, **kw).score(y, seed=[0, 1])
-    assert trace.step_maps.shape == (20, 2, 8, 8)
+    assert trace.step_maps.shape == (2, 20, 8, 8)
     direct = KLIP(prior, op, block=8, window=(0.25, 0.6), **kw).score(y, seed=[0, 1])
     rebuilt = aggregate_step_maps(trace.step_maps, direct.extras["window_steps"], pool=4)
     assert torch.allclose(rebuilt, direct.map, rtol=1e-5)
@@ -159,3 +159,25 @@ def test_kl_quadrature_alone_is_accurate_at_few_steps(gauss8):
         acc(StepState(i=i, n_steps=25, sigma=s, sigma_next=sn, x=z, x0_hat=z, prior_update=z, likelihood_update=u,
                       g=((s**2 - sn**2) / (s - sn)) ** 0.5, dt=s - sn))
     assert abs(float(acc.kl[0]) / kl - 1) < 0.01
+
+
+def test_plan_stage_and_accumulator_validation(inpainting_problem):
+    from priorshift.detectors import KLIPAccumulator
+    from priorshift.samplers import SamplingPlan
+
+    prior, op = inpainting_problem[:2]
+    with pytest.raises(ValueError, match="no likelihood step"):
+        KLIP(prior, op, plan={"sampler": "unconditional"})
+    with pytest.raises(ValueError, match="corrector, predictor, not 'dps'"):
+        KLIP(prior, op, plan={"sampler": "projection"}, stage="dps")
+    assert KLIP(prior, op, plan={"sampler": "projection"}, stage="corrector").stage == "corrector"
+    with pytest.raises(ValueError, match="takes no parameter 'zeta'"):
+        KLIP(prior, op, plan=SamplingPlan("projection", params={"zeta": 0.1}))
+    with pytest.raises(ValueError, match="normalization"):
+        KLIPAccumulator(block=4, k0=0, k1=2, normalization="sigma", sigma_power=0.5, reduction="mean_of_squares", stage=None)
+    # The schedule is clamped to the prior's own σ range in one place (the plan).
+    prior.sigma_max = 10.0
+    try:
+        assert float(KLIP(prior, op).sigmas[0]) == pytest.approx(10.0)
+    finally:
+        prior.sigma_max = 80.0

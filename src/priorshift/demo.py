@@ -18,45 +18,36 @@ import torch
 from priorshift.bench.figures import heatmap_figure
 from priorshift.bench.klip_eval import Setting, evaluate, score_set
 from priorshift.metrics import auroc_standard_error
+from priorshift.tasks import get_task
 
-__all__ = ["run_demo", "DEMO"]
+__all__ = ["run_demo"]
 
-# Tuned on the star tuning split by benchmarks/klip_experiment.py --task ct (see benchmarks/results/klip-ct).
-DEMO = {
-    "views": 20,
-    "noise_std": 0.5,
-    "zeta": 0.1,  # DPS step, chosen on healthy tuning phantoms by benchmarks/dps_step.py --task ct
-    "steps": 50,
-    "samples": 2,
-    "base_block": 2,
-    "dataset_setting": Setting((0.40, 0.75), 2, "klip"),  # dataset-level objective (AUROC of the max over blocks)
-    "image_setting": Setting((0.30, 0.85), 2, "klip"),  # image-level objective (block AUROC)
-    "lesion_contrast": -0.15,
-}
+TASK = get_task("ct")  # prior, 20-view CT with noise, DPS ζ, KLIP's tuned window and block
 
 
 def _fmt(v: float) -> str:
     return "  —  " if v != v else f"{v:.3f}"
 
 
-def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = None, prior: str = "phantom-ct-64") -> int:
+def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = None, prior: str | None = None) -> int:
     from priorshift import load_prior
     from priorshift.data import healthy_set, lesion_set
-    from priorshift.diffusion.checkpoint import atomic_write, atomic_write_json
-    from priorshift.operators import ParallelBeamCT
+    from priorshift.io import atomic_write, atomic_write_json
 
     t0 = time.perf_counter()
     out = Path(out)
     n = n or (4 if quick else 24)
-    steps = 12 if quick else DEMO["steps"]
-    prior_name = prior
+    steps = 12 if quick else TASK.plan["steps"]
+    prior_name = prior or TASK.prior
     prior = load_prior(prior_name)
-    ct = ParallelBeamCT(image_size=64, n_views=DEMO["views"], noise_std=DEMO["noise_std"])
+    ct = TASK.make_operator()
+    views, noise, zeta, samples = ct.n_views, ct.noise_std, TASK.plan["zeta"], TASK.samples
+    contrast = TASK.extra["lesion_contrast"]
     healthy = healthy_set(n, seed=90_001)
-    lesions = lesion_set(n, seed=90_002, contrast=DEMO["lesion_contrast"])
-    print(f"priorshift demo: KLIP on sparse-view CT ({DEMO['views']} views, noise {DEMO['noise_std']}), prior {prior_name}")
-    print(f"  {n} healthy + {n} lesion phantoms (hypodense liver lesion, contrast {DEMO['lesion_contrast']}), "
-          f"DPS (ζ = {DEMO['zeta']}) {steps} steps × {DEMO['samples']} posterior samples per image")
+    lesions = lesion_set(n, seed=90_002, contrast=contrast)
+    print(f"priorshift demo: KLIP on sparse-view CT ({views} views, noise {noise}), prior {prior_name}")
+    print(f"  {n} healthy + {n} lesion phantoms (hypodense liver lesion, contrast {contrast}), "
+          f"DPS (ζ = {zeta}) {steps} steps × {samples} posterior samples per image")
     y_id = ct(healthy.images, seed=[10_000 + i for i in range(n)])
     y_ood = ct(lesions.images, seed=[20_000 + i for i in range(n)])
 
@@ -67,13 +58,15 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
                 print(file=sys.stderr)
         return progress
 
-    kw = dict(sampler="dps", steps=steps, samples=DEMO["samples"], sampler_params={"jacobian": False, "zeta": DEMO["zeta"]}, base_block=DEMO["base_block"], batch_size=8)
-    tr_id = score_set(prior, ct, y_id, seeds=range(30_000, 30_000 + n), progress=bar("healthy"), **kw)
-    tr_ood = score_set(prior, ct, y_ood, seeds=range(40_000, 40_000 + n), progress=bar("lesions"), **kw)
+    kw = dict(plan={**TASK.plan, "steps": steps}, samples=samples, base_block=TASK.base_block, batch_size=8)
+    tr_id = score_set(prior, ct, y_id, seed=range(30_000, 30_000 + n), progress=bar("healthy"), **kw)
+    tr_ood = score_set(prior, ct, y_ood, seed=range(40_000, 40_000 + n), progress=bar("lesions"), **kw)
 
+    dataset_setting = Setting(**TASK.klip_settings["dataset"])
+    image_setting = Setting(**TASK.klip_settings["image"])
     rows = {
-        "KLIP": (DEMO["dataset_setting"], DEMO["image_setting"]),
-        "whole-image KL": (Setting((0.0, 1.0), None, "whole_image"), Setting((0.0, 1.0), DEMO["base_block"], "whole_image")),
+        "KLIP": (dataset_setting, image_setting),
+        "whole-image KL": (Setting((0.0, 1.0), None, "whole_image"), Setting((0.0, 1.0), TASK.base_block, "whole_image")),
     }
     results = {}
     for name, (ds, im) in rows.items():
@@ -98,14 +91,14 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
     idx = list(range(k))
     meas = torch.cat([ct.fbp(y_id[idx], filter="hann"), ct.fbp(y_ood[idx], filter="hann")])
     rec = torch.cat([tr_id.reconstruction[idx], tr_ood.reconstruction[idx]])
-    im = DEMO["image_setting"]
+    im = image_setting
     maps = torch.cat([im.maps(tr_id)[idx], im.maps(tr_ood)[idx]])
     masks = torch.cat([healthy.masks[idx], lesions.masks[idx]])
     fig = heatmap_figure(meas, rec, maps, masks, out / "heatmaps.png", labels=[f"healthy {i}" for i in idx] + [f"lesion {i}" for i in idx],
-                         measurement_title=f"FBP ({DEMO['views']} views)", title=f"KLIP map ({im.label()})")
+                         measurement_title=f"FBP ({views} views)", title=f"KLIP map ({im.label()})")
     elapsed = time.perf_counter() - t0
-    text = (f"# priorshift demo\n\n{n} healthy vs {n} lesion phantoms, {DEMO['views']}-view CT (noise {DEMO['noise_std']}), "
-            f"DPS {steps} steps × {DEMO['samples']} samples; {elapsed:.0f} s.\n\n```\n{table}\n```\n\n![heatmaps](heatmaps.png)\n")
+    text = (f"# priorshift demo\n\n{n} healthy vs {n} lesion phantoms, {views}-view CT (noise {noise}), "
+            f"DPS {steps} steps × {samples} samples; {elapsed:.0f} s.\n\n```\n{table}\n```\n\n![heatmaps](heatmaps.png)\n")
     atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text))
     atomic_write_json(out / "metrics.json", {"n": n, "steps": steps, "seconds": round(elapsed, 1), "results": results})
     print(f"\n  heatmaps: {fig}\n  table:    {out / 'results.md'}\n  done in {elapsed:.0f} s")

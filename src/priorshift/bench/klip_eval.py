@@ -1,25 +1,31 @@
 """KLIP experiments: score ID/OOD measurement sets once, tune (window, block) on a tuning split, evaluate.
 
 One sampler run per image (full window, finest block, per-step maps kept) serves every window, block and
-ablation variant: :func:`priorshift.detectors.aggregate_step_maps` rebuilds KLIP's map for any of them.
-Tuning never sees the evaluation sets: :func:`tune` takes the tuning traces only.
+ablation variant: :func:`priorshift.detectors.aggregate_step_maps` rebuilds KLIP's map for any of them, and
+:func:`priorshift.detectors.klip.window_steps` / :func:`~priorshift.detectors.klip.image_score` turn a setting
+into steps and a map into a score exactly as the detector does. Tuning never sees the evaluation sets:
+:func:`tune` takes the tuning traces only. Traces are cached on disk by :func:`load_or_score`.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from priorshift.detectors.klip import KLIP, aggregate_step_maps
+from priorshift.detectors.base import score_batches
+from priorshift.detectors.klip import KLIP, aggregate_step_maps, image_score, window_steps
+from priorshift.io import atomic_write, atomic_write_json
 from priorshift.metrics import block_auroc, ood_metrics
 
-__all__ = ["Trace", "score_set", "Setting", "evaluate", "tune", "ablation_settings", "VARIANT_NAMES"]
+__all__ = ["Trace", "score_set", "load_or_score", "Setting", "evaluate", "tune", "ablation_settings", "VARIANT_NAMES"]
 
 VARIANT_NAMES = {
     "whole_image": "whole-image KL (no window, one block)",
@@ -31,7 +37,7 @@ VARIANT_NAMES = {
 
 @dataclass
 class Trace:
-    """Per-step block maps of one scored set: ``step_maps`` (T, N, h, w) at block ``base_block``."""
+    """Per-step block maps of one scored set: ``step_maps`` (N, T, h, w) at block ``base_block``."""
 
     step_maps: Tensor
     base_block: int
@@ -44,35 +50,64 @@ class Trace:
 
     @property
     def n(self) -> int:
-        return self.step_maps.shape[1]
+        return self.step_maps.shape[0]
+
+    def save(self, path: str | Path, key: str) -> None:
+        """Write the trace as safetensors + a json sidecar (``key`` identifies what was run), atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {"step_maps": self.step_maps.contiguous(), "kl_nats": self.kl_nats.contiguous(),
+                   "reconstruction": self.reconstruction.contiguous(), "sigmas": self.sigmas.contiguous()}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        atomic_write_json(path.with_suffix(".json"), {"key": key, "layout": "images-first", "base_block": self.base_block, "n_steps": self.n_steps,
+                                                      "nfe_per_image_full": self.nfe_per_image_full, "seconds": self.seconds})
+
+    @classmethod
+    def load(cls, path: str | Path, key: str | None = None, base_block: int | None = None) -> "Trace | None":
+        """The trace at ``path``, or ``None`` when it is missing or was made by a different run (``key``).
+        Traces written before the images-first layout (no ``layout`` in the sidecar) store (T, N, h, w)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta_path = path.with_suffix(".json")
+        if not (path.exists() and meta_path.exists()):
+            return None
+        meta = json.loads(meta_path.read_text())
+        if key is not None and meta.get("key") != key:
+            return None
+        t = load_file(str(path))
+        maps = t["step_maps"] if meta.get("layout") == "images-first" else t["step_maps"].transpose(0, 1).contiguous()
+        block = meta.get("base_block", base_block)
+        if block is None:
+            raise ValueError(f"{meta_path} does not record its base block; pass base_block=")
+        return cls(maps, int(block), meta["n_steps"], meta["nfe_per_image_full"], meta["seconds"], t["kl_nats"], t["reconstruction"], t["sigmas"])
 
 
-def score_set(prior, operator, y: Tensor, *, seeds, base_block: int, batch_size: int = 16, progress=None, **klip_kwargs) -> Trace:
+def score_set(prior, operator, y: Tensor, *, seed, base_block: int, batch_size: int = 16, progress=None, **klip_kwargs) -> Trace:
     """Run KLIP over the full schedule on measurements ``y`` (N, ...) in batches, keeping per-step maps."""
     det = KLIP(prior, operator, block=base_block, variant="spatial_only", keep_step_maps=True, **klip_kwargs)
-    maps, kls, recs = [], [], []
-    nfe = 0
     t0 = time.perf_counter()
-    seeds = list(seeds)
-    for start in range(0, y.shape[0], batch_size):
-        sl = slice(start, start + batch_size)
-        s = det.score(y[sl], seed=seeds[sl])
-        maps.append(s.step_maps)
-        kls.append(s.kl_nats)
-        recs.append(s.reconstruction.float())
-        nfe += s.nfe
-        if progress is not None:
-            progress(min(start + batch_size, y.shape[0]), y.shape[0])
+    s = score_batches(det, y, batch_size=batch_size, seed=seed, progress=progress)
     return Trace(
-        step_maps=torch.cat(maps, dim=1),
+        step_maps=s.step_maps,
         base_block=base_block,
         n_steps=det.sigmas.numel() - 1,
-        nfe_per_image_full=nfe / y.shape[0],
+        nfe_per_image_full=s.nfe / y.shape[0],
         seconds=time.perf_counter() - t0,
-        kl_nats=torch.cat(kls),
-        reconstruction=torch.cat(recs),
+        kl_nats=s.kl_nats,
+        reconstruction=s.reconstruction.float(),
         sigmas=det.sigmas,
     )
+
+
+def load_or_score(path: str | Path, prior, operator, y: Tensor, *, seed, base_block: int, key: str, progress=None, **klip_kwargs) -> Trace:
+    """The cached trace at ``path`` if it was made with the same ``key``; else :func:`score_set` and cache it."""
+    trace = Trace.load(path, key, base_block)
+    if trace is None:
+        trace = score_set(prior, operator, y, seed=seed, base_block=base_block, progress=progress, **klip_kwargs)
+        trace.save(path, key)
+    return trace
 
 
 @dataclass(frozen=True)
@@ -85,8 +120,7 @@ class Setting:
     variant: str = "klip"
 
     def steps(self, n_steps: int) -> tuple[int, int]:
-        a, b = self.window
-        return round(a * n_steps), round(b * n_steps)
+        return window_steps(self.window, n_steps)
 
     def maps(self, trace: Trace) -> Tensor:
         k0, k1 = self.steps(trace.n_steps)
@@ -106,8 +140,7 @@ class Setting:
 def evaluate(setting: Setting, trace_id: Trace, trace_ood: Trace, masks: Tensor | None = None, body_masks: Tensor | None = None) -> dict:
     """Dataset-level metrics (score = max over blocks) and image-level block AUROC on the OOD images."""
     map_id, map_ood = setting.maps(trace_id), setting.maps(trace_ood)
-    s_id = map_id.flatten(1).max(1).values.numpy()
-    s_ood = map_ood.flatten(1).max(1).values.numpy()
+    s_id, s_ood = image_score(map_id).numpy(), image_score(map_ood).numpy()
     out = ood_metrics(s_id, s_ood)
     out["nfe_per_image"] = setting.nfe_per_image(trace_ood)
     if masks is not None and setting.block is not None:
@@ -135,9 +168,12 @@ def tune(trace_id: Trace, trace_ood: Trace, masks: Tensor, body_masks: Tensor | 
     seen = set()
     for window, block in itertools.product(windows, block_choices):
         setting = Setting(window, block, variant)
-        k0, k1 = setting.steps(trace_id.n_steps)
-        if k1 <= k0 or (k0, k1, block) in seen:
-            continue  # empty at this step count, or the same steps as a window already tried
+        try:
+            k0, k1 = setting.steps(trace_id.n_steps)
+        except ValueError:
+            continue  # empty at this step count
+        if (k0, k1, block) in seen:
+            continue  # the same steps as a window already tried
         seen.add((k0, k1, block))
         res = evaluate(setting, trace_id, trace_ood, masks if objective == "image" else None, body_masks)
         value = res["auroc"] if objective == "dataset" else res["block_auroc_mean"]

@@ -40,23 +40,46 @@ two coincide.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
+from priorshift.detectors.base import Detector
 from priorshift.diffusion.denoisers import as_counting
-from priorshift.diffusion.schedules import karras_sigmas, ve_sigmas
-from priorshift.registry import get, register
-from priorshift.samplers.hooks import block_energy
+from priorshift.registry import register
+from priorshift.samplers.hooks import ProgressBar, block_energy
+from priorshift.samplers.plan import SamplingPlan
 from priorshift.types import Scores, StepState
 
-__all__ = ["KLIP", "KLIPAccumulator", "aggregate_step_maps"]
+__all__ = ["KLIP", "KLIPAccumulator", "aggregate_step_maps", "window_steps", "image_score", "VARIANTS", "NORMALIZATIONS", "REDUCTIONS"]
 
 VARIANTS = ("klip", "whole_image", "spatial_only", "temporal_only")
 NORMALIZATIONS = ("g", "kl", "sigma_power", "none")
 REDUCTIONS = ("mean_of_squares", "square_of_mean")
+
+
+def _check_choice(value: str, name: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def window_steps(window: tuple[float, float], n_steps: int) -> tuple[int, int]:
+    """KLIP's window ``(a, b)`` (fractions of the steps from the noisy end) as the steps ``k0 ≤ k < k1`` of an
+    ``n_steps`` schedule: ``k0 = round(a·T)``, ``k1 = round(b·T)``. The one place this conversion lives."""
+    a, b = (float(v) for v in window)
+    if not (0.0 <= a < b <= 1.0):
+        raise ValueError(f"window must be (a, b) with 0 <= a < b <= 1 (fractions of the steps from the noisy end), got {window}")
+    k0, k1 = round(a * n_steps), round(b * n_steps)
+    if k1 <= k0:
+        raise ValueError(f"window {window} selects no step of a {n_steps}-step schedule; widen it or use more steps")
+    return k0, k1
+
+
+def image_score(block_map: Tensor) -> Tensor:
+    """KLIP's image score from its block map (B, h, w): the max over blocks (a small shift is not diluted)."""
+    return block_map.flatten(1).max(1).values
 
 
 class KLIPAccumulator:
@@ -71,8 +94,9 @@ class KLIPAccumulator:
         self.block, self.k0, self.k1 = block, k0, k1
         self.keep_steps = keep_steps
         self.step_maps: list[Tensor] = []  # only with keep_steps: (B, h, w) per step run
-        self.normalization, self.sigma_power = normalization, sigma_power
-        self.reduction, self.stage = reduction, stage
+        self.normalization = _check_choice(normalization, "normalization", NORMALIZATIONS)
+        self.reduction = _check_choice(reduction, "reduction", REDUCTIONS)
+        self.sigma_power, self.stage = sigma_power, stage
         self.block_sum: Tensor | None = None
         self.kl = None
         self.n_window = 0
@@ -138,44 +162,42 @@ class KLIPAccumulator:
         self.n_window += 1
 
 
-@dataclass(frozen=True)
-class _Window:
-    k0: int
-    k1: int
-
-
 @register("detector", "klip")
-class KLIP:
+class KLIP(Detector):
     """KLIP detector: ``KLIP(prior, operator).score(y)`` → :class:`priorshift.types.Scores`.
 
     Args:
         prior: a denoiser ``D(x, σ)`` (a trained prior or an analytic one).
         operator: the forward model that produced ``y``.
-        sampler: a registered sampler name — ``"dps"`` (default; ``sampler_params={"jacobian": False}`` for the
-            cheaper step without the network Jacobian), ``"projection"``, ``"langevin"``, ``"exact"`` (analytic priors).
-        steps: diffusion steps of the schedule; ``sigmas`` overrides the schedule entirely.
+        plan: the posterior sampler and its schedule — a :class:`~priorshift.samplers.SamplingPlan` or a mapping
+            of its fields (``{"sampler": "dps", "steps": 100, "jacobian": False, "zeta": 0.1}``); default DPS,
+            100 steps on the Karras schedule over the prior's σ range. The sampler must declare a likelihood stage.
         window: ``(a, b)`` fractions of the step list counted from the noisy end, ``0 ≤ a < b ≤ 1``; the steps
-            ``round(a·T) ≤ k < round(b·T)`` are used (the paper's [65, 85) of 100 is ``(0.65, 0.85)``). Sampling
-            stops at the window's end. ``window_sigma=(lo, hi)`` selects the steps with ``lo ≤ σ_k ≤ hi`` instead.
+            ``round(a·T) ≤ k < round(b·T)`` are used (the paper's [65, 85) of 100 is ``(0.65, 0.85)``;
+            :func:`window_steps`). Sampling stops at the window's end. ``window_sigma=(lo, hi)`` selects the steps
+            with ``lo ≤ σ_k ≤ hi`` instead.
         block: block size in pixels (must divide H and W); the map is (B, H/block, W/block).
         samples: posterior samples S per measurement (batched with the images).
         variant: ``"klip"``; or the paper's ablations ``"whole_image"`` (one block, full window),
             ``"spatial_only"`` (blocks, full window), ``"temporal_only"`` (window, one block).
         normalization, sigma_power, reduction: see the module docstring. ``stage``: which labelled likelihood
-            update to use (e.g. ``"corrector"`` for the projection sampler, as the paper's song22 backend); default all.
-        schedule: ``"karras"`` (ρ = 7) or ``"ve"`` (geometric) between ``sigma_min`` and ``sigma_max``.
-        keep_step_maps: also return every step's block map, ``extras["step_maps"]`` (T_run, B, h, w) — O(T · blocks)
+            update to use (e.g. ``"corrector"`` for the projection sampler, as the paper's song22 backend); default
+            all. Checked against the sampler's declared stages here.
+        keep_step_maps: also return every step's block map, ``extras["step_maps"]`` (B, T_run, h, w) — O(T · blocks)
             memory — so that other windows and coarser blocks can be evaluated without sampling again
             (:func:`aggregate_step_maps`; used to tune on a tuning split).
+        progress: show a progress bar over the sampling steps.
     """
+
+    input_kind = "measurements"
+    samples_posterior = True
 
     def __init__(
         self,
         prior,
         operator,
         *,
-        sampler: str = "dps",
-        steps: int = 100,
+        plan: SamplingPlan | Mapping[str, Any] | None = None,
         window: tuple[float, float] = (0.65, 0.85),
         window_sigma: tuple[float, float] | None = None,
         block: int = 8,
@@ -185,97 +207,73 @@ class KLIP:
         sigma_power: float = 0.5,
         reduction: str = "mean_of_squares",
         stage: str | None = None,
-        schedule: str = "karras",
-        sigma_min: float | None = None,
-        sigma_max: float | None = None,
-        sigmas: Tensor | None = None,
-        sampler_params: Mapping[str, Any] | None = None,
-        progress: bool = False,
         keep_step_maps: bool = False,
+        progress: bool = False,
     ):
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+        self.variant = _check_choice(variant, "variant", VARIANTS)
+        self.normalization = _check_choice(normalization, "normalization", NORMALIZATIONS)
+        self.reduction = _check_choice(reduction, "reduction", REDUCTIONS)
         if int(samples) != samples or samples < 1:
             raise ValueError(f"samples must be an integer >= 1, got {samples}")
         if int(block) != block or block < 1:
             raise ValueError(f"block must be a positive integer, got {block}")
-        if window_sigma is None:
-            a, b = (float(v) for v in window)
-            if not (0.0 <= a < b <= 1.0):
-                raise ValueError(f"window must be (a, b) with 0 <= a < b <= 1 (fractions of the steps from the noisy end), got {window}")
-        else:
+        if window_sigma is not None:
             lo, hi = (float(v) for v in window_sigma)
             if not 0 <= lo < hi:
                 raise ValueError(f"window_sigma must be (lo, hi) with 0 <= lo < hi, got {window_sigma}")
+        self.plan = SamplingPlan.coerce(plan if plan is not None else {"sampler": "dps", "steps": 100})
+        stages = self.plan.likelihood_stages
+        if not stages:
+            raise ValueError(f"sampler {self.plan.sampler!r} has no likelihood step, so KLIP has nothing to measure; use dps, projection, langevin or exact")
+        if stage is not None and stage not in stages:
+            raise ValueError(f"sampler {self.plan.sampler!r} reports the likelihood stages {', '.join(stages)}, not {stage!r}")
         self.prior = prior
         self.operator = operator
-        self.sampler_name = sampler
-        self.sampler = get("sampler", sampler)
-        self.sampler_params = dict(sampler_params or {})
         self.samples = int(samples)
         self.block = int(block)
-        self.variant = variant
-        self.normalization = normalization
         self.sigma_power = float(sigma_power)
-        self.reduction = reduction
         self.stage = stage
         self.window = tuple(window)
-        self.window_sigma = window_sigma
-        self.progress = progress
+        self.window_sigma = None if window_sigma is None else tuple(window_sigma)
         self.keep_step_maps = bool(keep_step_maps)
-        if sigmas is None:
-            if int(steps) < 1:
-                raise ValueError(f"steps must be >= 1, got {steps}")
-            lo = max(float(getattr(prior, "sigma_min", 0.002)), 0.002) if sigma_min is None else float(sigma_min)
-            hi = min(float(getattr(prior, "sigma_max", 80.0)), 80.0) if sigma_max is None else float(sigma_max)
-            if schedule == "karras":
-                sigmas = karras_sigmas(int(steps), lo, hi)
-            elif schedule == "ve":
-                sigmas = ve_sigmas(int(steps), lo, hi)
-            else:
-                raise ValueError(f"unknown schedule {schedule!r}; choose karras or ve")
-        self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+        self.progress = bool(progress)
+        self.sigmas = self.plan.sigmas(prior)
         self._window = self._resolve_window()
 
-    def _resolve_window(self) -> _Window:
+    @classmethod
+    def example(cls) -> "KLIP":
+        """KLIP with its default sampler (normalised DPS without the Jacobian), window and normalization on an 8×8
+        Gaussian prior under 50% pixel inpainting; 30 steps, 4-px blocks, 2 samples."""
+        from priorshift.analytic import stationary_gaussian
+        from priorshift.operators import Inpainting, random_pixel_mask
+
+        prior = stationary_gaussian(8, length_scale=1.5, variance=0.25)
+        mask = random_pixel_mask(8, 0.5, generator=torch.Generator().manual_seed(0)).double()
+        return cls(prior, Inpainting(mask=mask, noise_std=0.1), plan={"sampler": "dps", "steps": 30, "jacobian": False}, block=4, samples=2)
+
+    def _resolve_window(self) -> tuple[int, int]:
         T = self.sigmas.numel() - 1
         if self.variant in ("whole_image", "spatial_only"):
-            return _Window(0, T)
+            return 0, T
         if self.window_sigma is not None:
             lo, hi = self.window_sigma
             ks = [k for k in range(T) if lo <= float(self.sigmas[k]) <= hi]
             if not ks:
                 raise ValueError(f"window_sigma {self.window_sigma} contains none of the schedule's noise levels")
-            return _Window(ks[0], ks[-1] + 1)
-        a, b = self.window
-        k0, k1 = round(a * T), round(b * T)
-        if k1 <= k0:
-            raise ValueError(f"window {self.window} selects no step of a {T}-step schedule; widen it or use more steps")
-        return _Window(k0, k1)
+            return ks[0], ks[-1] + 1
+        return window_steps(self.window, T)
 
     @property
     def window_steps(self) -> tuple[int, int]:
         """``(k0, k1)``: the steps ``k0 ≤ k < k1`` the map averages over."""
-        return self._window.k0, self._window.k1
+        return self._window
 
-    def fit(self, *args, **kwargs) -> "KLIP":
-        """KLIP needs no calibration data: a no-op kept for the common detector interface."""
-        return self
-
-    def score(self, y: Tensor, seed=0) -> Scores:
-        """Score measurements ``y`` (B, ...). ``seed``: an int (image b uses ``seed + b``) or one seed per image.
-
-        Returns ``Scores`` with ``score`` (B,) = max over blocks, ``map`` (B, H/block, W/block), ``nfe``, and
-        extras ``kl_nats`` (B,), ``curve`` (T_run, B) normalized update energy per step, ``kl_curve`` (T_run, B)
-        each step's KL contribution in nats,
-        ``sigmas`` (T_run,), ``window_steps``, ``nfe_per_image``, ``reconstruction`` (B, C, H, W) — the mean over
-        samples of the estimate where sampling stopped.
-        """
-        self.operator.check_y(y)
+    def _score(self, y: Tensor, *, seed, hooks: tuple) -> Scores:
+        """Returns ``Scores`` with ``score`` (B,) = max over blocks, ``map`` (B, H/block, W/block), ``nfe``, and
+        extras ``kl_nats`` (B,), ``curve`` (B, T_run) normalized update energy per step, ``kl_curve`` (B, T_run)
+        each step's KL contribution in nats, ``reconstruction`` (B, C, H, W) — the mean over samples of the
+        estimate where sampling stopped — and the run-level ``sigmas`` (T_run floats), ``window_steps``, ``block``,
+        ``nfe_per_image``."""
         image_shape = tuple(self.operator.A_adjoint(y[:1]).shape[1:])
         h, w = image_shape[-2:]
         one_block = self.variant in ("whole_image", "temporal_only")
@@ -289,50 +287,50 @@ class KLIP:
             block=block, k0=k0, k1=k1, normalization=self.normalization, sigma_power=self.sigma_power, reduction=self.reduction,
             stage=self.stage, keep_steps=self.keep_step_maps,
         )
-        hooks = [acc]
+        all_hooks = [acc, *hooks]
         if self.progress:
-            from priorshift.samplers.hooks import ProgressBar
-
-            hooks.append(ProgressBar(total=k1, desc="KLIP"))
-        denoiser = as_counting(self.prior)
-        result = self.sampler(
-            denoiser, self.operator, y, self.sigmas, samples=self.samples, seed=seed, hooks=hooks, stop_after=k1, **self.sampler_params
-        )
+            all_hooks.append(ProgressBar(total=k1, desc="KLIP"))
+        result = self.plan.sample(as_counting(self.prior), self.operator, y, samples=self.samples, seed=seed, hooks=all_hooks, stop_after=k1)
         block_map = acc.block_sum / acc.n_window
-        extras = {"step_maps": torch.stack(acc.step_maps)} if self.keep_step_maps else {}
+        extras = {"step_maps": torch.stack(acc.step_maps, dim=1)} if self.keep_step_maps else {}
         return Scores(
-            score=block_map.flatten(1).max(1).values,
+            score=image_score(block_map),
             map=block_map,
             nfe=result.nfe,
             extras={
                 "kl_nats": acc.kl,
-                "curve": torch.stack(acc.curve),
-                "kl_curve": torch.stack(acc.kl_curve),
-                "sigmas": torch.tensor(acc.sigmas, dtype=torch.float64),
-                "window_steps": (k0, k1),
-                "nfe_per_image": result.nfe_per_image,
+                "curve": torch.stack(acc.curve, dim=1),
+                "kl_curve": torch.stack(acc.kl_curve, dim=1),
                 "reconstruction": result.x0.mean(1),
+                "sigmas": tuple(acc.sigmas),
+                "window_steps": (k0, k1),
                 "block": block,
+                "nfe_per_image": result.nfe_per_image,
                 **extras,
             },
         )
 
+    def config(self) -> dict[str, Any]:
+        return {"detector": "klip", "plan": self.plan.describe(), "window": list(self.window), "window_sigma": self.window_sigma,
+                "block": self.block, "samples": self.samples, "variant": self.variant, "normalization": self.normalization,
+                "sigma_power": self.sigma_power, "reduction": self.reduction, "stage": self.stage}
+
     def __repr__(self) -> str:
         k0, k1 = self.window_steps
         return (
-            f"KLIP(sampler={self.sampler_name!r}, steps={self.sigmas.numel() - 1}, window_steps=[{k0}, {k1}), block={self.block}, "
+            f"KLIP(sampler={self.plan.sampler!r}, steps={self.plan.steps}, window_steps=[{k0}, {k1}), block={self.block}, "
             f"samples={self.samples}, variant={self.variant!r})"
         )
 
 
-def aggregate_step_maps(step_maps: Tensor, window_steps: tuple[int, int], pool: int = 1) -> Tensor:
-    """KLIP's map from per-step block maps (``Scores.extras["step_maps"]``, (T, B, h, w)): the mean over steps
+def aggregate_step_maps(step_maps: Tensor, steps: tuple[int, int], pool: int = 1) -> Tensor:
+    """KLIP's map from per-step block maps (``Scores.extras["step_maps"]``, (B, T, h, w)): the mean over steps
     ``k0 ≤ k < k1`` of the maps summed over ``pool × pool`` groups of blocks (block size × ``pool``); ``pool=0``
     sums everything into one block. Equal to running KLIP with that window and block (up to float32 storage)."""
-    k0, k1 = window_steps
-    if not 0 <= k0 < k1 <= step_maps.shape[0]:
-        raise ValueError(f"window steps [{k0}, {k1}) are outside the {step_maps.shape[0]} recorded steps")
-    m = step_maps[k0:k1].to(torch.float64).mean(0)  # (B, h, w)
+    k0, k1 = steps
+    if not 0 <= k0 < k1 <= step_maps.shape[1]:
+        raise ValueError(f"window steps [{k0}, {k1}) are outside the {step_maps.shape[1]} recorded steps")
+    m = step_maps[:, k0:k1].to(torch.float64).mean(1)  # (B, h, w)
     if pool == 0:
         return m.sum((-2, -1), keepdim=True)
     b, h, w = m.shape
