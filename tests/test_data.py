@@ -14,7 +14,7 @@ from priorshift import registry
 from priorshift.data import (LABEL_NAMES, MIN_COVERAGE, DatasetNotFoundError, PhantomCT, ct_phantom, dicom_slice,
                              fashion_mnist, healthy_set, image_folder, insert_lesion, insert_scar, insert_star,
                              lesion_set, load_dataset, mnist, npy_stack, paste_patch, phantom_stream, star_set)
-from priorshift.data.datasets import FASHION_MNIST_DIR, _find_fashion
+from priorshift.data.datasets import FASHION_MNIST_DIR, find_fashion
 
 HAVE_FASHION = FASHION_MNIST_DIR.joinpath("t10k-images-idx3-ubyte.gz").is_file()
 needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST not installed: "
@@ -189,7 +189,7 @@ def test_fashion_mnist_idx_parser_via_env(tmp_path, monkeypatch):
         with gzip.open(tmp_path / name, "wb") as f:
             f.write(header + arr.tobytes())
     monkeypatch.setenv("PRIORSHIFT_DATA", str(tmp_path))
-    assert _find_fashion(None, "test")[0].parent == tmp_path
+    assert find_fashion(None, "test")[0].parent == tmp_path
     x, y = fashion_mnist("test", pad_to=None, with_labels=True)
     assert torch.allclose(x[:, 0], torch.from_numpy(imgs.astype(np.float32) / 127.5 - 1))
     assert y.tolist() == [1, 2, 3]

@@ -14,6 +14,7 @@ from priorshift.diffusion import (
     ddpm_sigmas,
     karras_sigmas,
     score,
+    score_from_denoised,
     sigmas_from_alphas_cumprod,
     ve_sigmas,
     vp_sigmas,
@@ -105,6 +106,22 @@ def test_counting_denoiser_counts_rows(gauss8):
     assert D.shape == gauss8.shape  # attributes pass through
 
 
+def test_score_from_denoised_is_tweedie_without_a_network_call(gauss8):
+    D = CountingDenoiser(gauss8)
+    x = gauss8.sample(3, torch.Generator().manual_seed(0)) + 0.7 * torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([0.7, 0.7, 0.7], dtype=torch.float64)
+    s = score(D, x, sigma)
+    assert D.nfe == 3
+    x0 = gauss8(x, sigma)
+    assert torch.equal(score_from_denoised(x0, x, sigma), s)
+    assert torch.equal(score_from_denoised(x0, x, 0.7), (x0 - x) / 0.7**2)  # one float σ for the whole batch
+    assert D.nfe == 3
+    # Tweedie for N(μ, Σ): ∇ log p_σ(x) = -(Σ + σ² I)⁻¹ (x − μ).
+    cov = gauss8.cov + 0.49 * torch.eye(64, dtype=torch.float64)
+    expected = -torch.linalg.solve(cov, (x.reshape(3, -1) - gauss8.mean.reshape(1, -1)).T).T
+    torch.testing.assert_close(s.reshape(3, -1), expected)
+
+
 def _analytic_eps_model(prior, alphas_cumprod, timestep):
     """An ε-prediction VP model that is exact for a Gaussian prior: ε = (x - D(x, σ_t)) / σ_t in VE coordinates."""
     sig = sigmas_from_alphas_cumprod(alphas_cumprod)
@@ -160,6 +177,7 @@ def test_diffusers_unet_adapter():
     diffusers = pytest.importorskip("diffusers")
     from priorshift.diffusion import from_diffusers
 
+    torch.manual_seed(0)  # the network's init and x: unseeded, about one draw in six exceeded the float32 tolerance
     unet = diffusers.UNet2DModel(
         sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,

@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["save_image_grid", "save_figure"]
+from priorshift.io import atomic_write
+
+__all__ = ["save_image_grid", "save_figure", "pyplot"]
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -19,19 +22,19 @@ def _plt():
     return plt
 
 
+
+
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     """Save ``fig`` as PNG atomically (temp file + rename) and close it."""
-    from priorshift.diffusion.checkpoint import atomic_write
-
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def save_image_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8, title: str | None = None) -> Path:
     """A grid of (N, C, H, W) images in [-1, 1] (gray for C = 1) as a PNG."""
-    plt = _plt()
+    plt = pyplot()
     x = images.detach().float().cpu().clamp(-1, 1)
     n = x.shape[0]
     ncol = min(nrow, n)

@@ -39,6 +39,8 @@ def register(kind: str, name: str):
         if name in _REGISTRY[kind] and _REGISTRY[kind][name] is not obj:
             raise ValueError(f"{kind} {name!r} is already registered")
         _REGISTRY[kind][name] = obj
+        if isinstance(obj, type) and "registered_name" not in vars(obj):
+            obj.registered_name = name  # how configs and reports name a registered class
         return obj
 
     return decorator

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from priorshift._checks import check_image, check_sigma, check_tensor
 
-__all__ = ["GaussianPrior", "operator_matrix"]
+__all__ = ["GaussianPrior", "operator_matrix", "mean_index"]
 
 
 def operator_matrix(operator, shape: Sequence[int]) -> Tensor:
@@ -33,7 +33,8 @@ def operator_matrix(operator, shape: Sequence[int]) -> Tensor:
     return torch.cat(cols).T.contiguous()
 
 
-def _row_index(n_rows: int, n_means: int) -> Tensor | None:
+def mean_index(n_rows: int, n_means: int) -> Tensor | None:
+    """Which of ``n_means`` per-measurement means each of ``n_rows`` image-major (B·S) rows uses; ``None`` for one mean."""
     if n_means == 1:
         return None
     if n_rows % n_means:
@@ -92,7 +93,7 @@ class GaussianPrior:
         return out.reshape(x.shape).to(x.dtype)
 
     def _means_for(self, n: int, device) -> Tensor:
-        idx = _row_index(n, self.mean.shape[0])
+        idx = mean_index(n, self.mean.shape[0])
         mu = self.mean.to(device)
         return mu if idx is None else mu[idx.to(device)]
 

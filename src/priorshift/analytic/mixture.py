@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from priorshift._checks import check_image, check_sigma
-from priorshift.analytic.gaussian import GaussianPrior, _row_index, operator_matrix
+from priorshift.analytic.gaussian import GaussianPrior, mean_index, operator_matrix
 
 __all__ = ["GaussianMixturePrior"]
 
@@ -55,7 +55,7 @@ class GaussianMixturePrior:
         check_image(x, "x", channels=self.shape[0], size=self.shape[1:])
         sigma = check_sigma(sigma, x.shape[0])
         n = x.shape[0]
-        idx = _row_index(n, self.means.shape[0])
+        idx = mean_index(n, self.means.shape[0])
         means = self.means if idx is None else self.means[idx]  # (1 or N, K, d)
         log_w = self.weights.log() if idx is None else self.weights[idx].log()
         xf = x.reshape(n, 1, -1).to(torch.float64)

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from priorshift.metrics import roc_curve
-from priorshift.plotting import _plt, save_figure
+from priorshift.plotting import pyplot, save_figure
 
 __all__ = ["heatmap_figure", "roc_figure", "step_curve_figure", "contrast_figure"]
 
@@ -38,7 +38,7 @@ def heatmap_figure(
     """One row per image: measurement (or its classical reconstruction) → posterior reconstruction → KLIP map
     (upsampled, over the reconstruction) → ground-truth OOD mask. Maps share one colour scale so ID and OOD
     rows compare. ``measurement``/``reconstruction``: (N, 1, H, W); ``maps``: (N, h, w); ``masks``: (N, H, W)."""
-    plt = _plt()
+    plt = pyplot()
     n, h, w = measurement.shape[0], measurement.shape[-2], measurement.shape[-1]
     up = F.interpolate(maps[:, None].float(), size=(h, w), mode="nearest")[:, 0]
     vmax = float(up.max()) or 1.0
@@ -59,7 +59,7 @@ def heatmap_figure(
 
 def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
     """ROC curves, one per method: ``{label: (scores_id, scores_ood)}`` (OOD positive)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(3.6, 3.4))
     for label, (s_id, s_ood) in curves.items():
         fpr, tpr, _ = roc_curve(s_id, s_ood)
@@ -75,7 +75,7 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Pat
 
 def step_curve_figure(sigmas: Tensor, curves: dict[str, Tensor], window: tuple[int, int], path: str | Path, title: str = "") -> Path:
     """Mean normalized likelihood-update energy per step (sum over blocks) for each set, window shaded."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
     steps = np.arange(len(sigmas))
     for label, c in curves.items():
@@ -98,7 +98,7 @@ def step_curve_figure(sigmas: Tensor, curves: dict[str, Tensor], window: tuple[i
 
 def contrast_figure(contrasts: Sequence[float], series: dict[str, Sequence[float]], path: str | Path, title: str = "", ylabel: str = "AUROC") -> Path:
     """AUROC (or another metric) against lesion contrast, one line per method."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.0, 3.0))
     for label, values in series.items():
         ax.plot(list(contrasts), list(values), marker="o", label=label)

@@ -79,7 +79,7 @@ def _read_idx_cached(path: str, mtime: float) -> np.ndarray:
     return _read_idx(Path(path))
 
 
-def _find_fashion(root, split: str) -> tuple[Path, Path]:
+def find_fashion(root, split: str) -> tuple[Path, Path]:
     if root is not None:
         places = [Path(root)]
     else:
@@ -106,7 +106,7 @@ def fashion_mnist(split: str = "train", root=None, pad_to: int | None = 32, n: i
     fashion-mnist`` (Debian package). ``n``: the first ``n`` images (file order). ``with_labels``: also return
     the ``(N,)`` int64 class labels. 60,000 train / 10,000 test images.
     """
-    images_path, labels_path = _find_fashion(root, _split(split))
+    images_path, labels_path = find_fashion(root, _split(split))
     u8 = _read_idx_cached(str(images_path), images_path.stat().st_mtime)[:n]
     x = _pad(_u8_to_unit(u8)[:, None], pad_to)
     if not with_labels:

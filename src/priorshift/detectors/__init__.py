@@ -8,7 +8,11 @@ registered name.
 """
 
 from priorshift.detectors.base import Detector, NotFittedError, concat_scores, resolve_seeds, score_batches
+from priorshift.detectors.baselines import DenoisingError, MeasurementNorm, Residual, ScoreNorm
+from priorshift.detectors.reconstruct import FromMeasurements
+from priorshift.detectors.eigenscore import EigenScore, EigenScoreTrace
 from priorshift.detectors.klip import KLIP, KLIPAccumulator, aggregate_step_maps
+from priorshift.detectors.lmd import LMD
 
 __all__ = [
     "Detector",
@@ -16,7 +20,15 @@ __all__ = [
     "score_batches",
     "concat_scores",
     "resolve_seeds",
+    "MeasurementNorm",
+    "Residual",
+    "DenoisingError",
+    "ScoreNorm",
+    "FromMeasurements",
+    "EigenScore",
+    "EigenScoreTrace",
     "KLIP",
     "KLIPAccumulator",
     "aggregate_step_maps",
+    "LMD",
 ]

@@ -3,13 +3,14 @@
 Everything adapts to one protocol, ``D(x, sigma) -> x0_hat`` in VE form (:class:`priorshift.types.Denoiser`).
 """
 
-from priorshift.diffusion.denoisers import CountingDenoiser, EDMDenoiser, as_counting, score
+from priorshift.diffusion.denoisers import CountingDenoiser, EDMDenoiser, as_counting, score, score_from_denoised
 from priorshift.diffusion.schedules import ddpm_sigmas, schedule_for, karras_sigmas, sigmas_from_alphas_cumprod, ve_g, ve_sigmas, vp_sigmas
 from priorshift.diffusion.unet import UNet, UNetConfig
 from priorshift.diffusion.vp import VPDenoiser, from_diffusers
 
 __all__ = [
     "score",
+    "score_from_denoised",
     "EDMDenoiser",
     "CountingDenoiser",
     "as_counting",

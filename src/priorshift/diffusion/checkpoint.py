@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -20,39 +17,14 @@ from safetensors.torch import load_file, save_file
 
 from priorshift.diffusion.denoisers import EDMDenoiser
 from priorshift.diffusion.unet import UNet, UNetConfig
+from priorshift.io import atomic_write, atomic_write_json  # also still imported from here by callers not yet moved
 from priorshift.registry import register
 
-__all__ = ["save_prior", "load_prior", "bundled_priors", "atomic_write", "WEIGHTS_DIR", "FORMAT"]
+__all__ = ["save_prior", "load_prior", "bundled_priors", "WEIGHTS_DIR", "FORMAT"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 FORMAT = "priorshift-prior/1"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results unreadable to others
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    atomic_write(path, write)
 
 
 def sha256(path: Path) -> str:

@@ -9,12 +9,22 @@ from torch import Tensor, nn
 
 from priorshift._checks import check_image, check_sigma
 
-__all__ = ["score", "EDMDenoiser", "CountingDenoiser", "as_counting"]
+__all__ = ["score", "score_from_denoised", "EDMDenoiser", "CountingDenoiser", "as_counting"]
 
 
 def score(denoiser, x: Tensor, sigma: Tensor) -> Tensor:
     """Tweedie's score of the noisy marginal: ``∇ log p_σ(x) = (D(x, σ) - x) / σ²``. ``sigma``: ``(B,)``."""
-    return (denoiser(x, sigma) - x) / sigma.reshape(-1, 1, 1, 1) ** 2
+    return score_from_denoised(denoiser(x, sigma), x, sigma)
+
+
+def score_from_denoised(x0_hat: Tensor, x: Tensor, sigma: Tensor | float) -> Tensor:
+    """:func:`score` from a denoised estimate already at hand, ``x0_hat = D(x, σ)``: no network call.
+
+    ``sigma``: ``(B,)`` per row, or one float for the whole batch.
+    """
+    if isinstance(sigma, Tensor):
+        sigma = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+    return (x0_hat - x) / sigma**2
 
 
 def to_model_range(x: Tensor, sigma: Tensor, data_range: Sequence[float]) -> tuple[Tensor, Tensor, float, float]:

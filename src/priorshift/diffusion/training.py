@@ -21,9 +21,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from priorshift.diffusion.checkpoint import atomic_write, atomic_write_json, save_prior
+from priorshift.diffusion.checkpoint import save_prior
 from priorshift.diffusion.denoisers import EDMDenoiser
 from priorshift.diffusion.unet import UNet, UNetConfig
+from priorshift.io import atomic_write, atomic_write_json
 
 __all__ = ["TrainConfig", "edm_loss", "train"]
 

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .ood import _auc_from_counts, _curve, _ood_curve, _to_numpy
+from ._counts import auc_from_counts, count_curve, ood_curve, to_numpy
 
 __all__ = [
     "BlockAUROC",
@@ -71,7 +71,7 @@ def _squeeze_channel(arr: np.ndarray, name: str, what: str) -> np.ndarray:
 
 def _as_mask(m, name: str) -> np.ndarray:
     """(B, H, W) or (B, 1, H, W), bool or numbers in {0, 1} -> bool (B, H, W)."""
-    arr = _squeeze_channel(_to_numpy(m, name), name, "(B, H, W)")
+    arr = _squeeze_channel(to_numpy(m, name), name, "(B, H, W)")
     if arr.dtype == np.bool_:
         return arr
     if arr.dtype.kind not in "iuf":
@@ -88,7 +88,7 @@ def _as_mask(m, name: str) -> np.ndarray:
 
 def _as_map(score_map) -> np.ndarray:
     """(B, h, w) or (B, 1, h, w) finite numbers -> float64 (B, h, w)."""
-    arr = _squeeze_channel(_to_numpy(score_map, "score_map"), "score_map", "(B, h, w)")
+    arr = _squeeze_channel(to_numpy(score_map, "score_map"), "score_map", "(B, h, w)")
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"score_map must hold real numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float64, copy=False)
@@ -211,7 +211,7 @@ def block_auroc(
     per_image = np.full(B, np.nan)
     for b in np.flatnonzero(ok):  # one vectorized AUROC per image with both classes
         s, p = flat[b][scored[b]], pos[b][scored[b]]
-        per_image[b] = _auc_from_counts(*_ood_curve(s[~p], s[p]))
+        per_image[b] = auc_from_counts(*ood_curve(s[~p], s[p]))
     per_image.setflags(write=False)
     n_scored = int(ok.sum())
     vals = per_image[ok]
@@ -241,8 +241,8 @@ def pixel_auroc(score_map, pixel_mask, block: int, body_mask=None) -> float:
     if pos_w.sum() == 0 or neg_w.sum() == 0:
         which = "no OOD" if pos_w.sum() == 0 else "only OOD"
         raise ValueError(f"pixel_auroc is undefined: the (body) pixels contain {which} pixels")
-    _, tps, fps = _curve(smap.ravel(), pos_w, neg_w)
-    return _auc_from_counts(tps, fps)
+    _, tps, fps = count_curve(smap.ravel(), pos_w, neg_w)
+    return auc_from_counts(tps, fps)
 
 
 def _dice_counts(pred: np.ndarray, ood: np.ndarray, body_n: np.ndarray) -> np.ndarray:
@@ -319,7 +319,7 @@ def best_dice(score_map, pixel_mask, block: int, body_mask=None, *, thresholds=N
         cand = np.r_[np.inf, vals[ends]]
         total = np.r_[base, base + csum[ends]]
     else:
-        cand = np.atleast_1d(_to_numpy(thresholds, "thresholds")).astype(np.float64).ravel()
+        cand = np.atleast_1d(to_numpy(thresholds, "thresholds")).astype(np.float64).ravel()
         if cand.size == 0 or np.isnan(cand).any():
             raise ValueError("thresholds must be a non-empty sequence of numbers without NaN")
         n_ge = vals.size - np.searchsorted(vals[::-1], cand, side="left")  # number of block values >= t

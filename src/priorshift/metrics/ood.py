@@ -48,7 +48,8 @@ import math
 from typing import Literal
 
 import numpy as np
-import torch
+
+from ._counts import ap_from_counts, auc_from_counts, count_curve, flip, fpr_from_counts, labelled, ood_curve, to_numpy
 
 __all__ = [
     "auroc",
@@ -68,25 +69,9 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _to_numpy(x, name: str) -> np.ndarray:
-    """Any array-like (numpy, list, torch tensor on any device) -> numpy array, without copying when possible."""
-    if isinstance(x, torch.Tensor):
-        if x.is_complex():
-            raise ValueError(f"{name} must be real-valued, got a complex tensor ({x.dtype})")
-        x = x.detach()
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.to(torch.float32)  # numpy has no bfloat16; float16 -> float32 is exact
-        return x.cpu().numpy()
-    try:
-        arr = np.asarray(x)
-    except (ValueError, TypeError) as exc:  # ragged lists and the like
-        raise ValueError(f"{name} could not be converted to an array: {exc}") from None
-    return arr
-
-
 def _as_scores(x, name: str) -> np.ndarray:
     """Validate one set of scores: numeric, 1-D, non-empty, finite. Returns float64."""
-    arr = _to_numpy(x, name)
+    arr = to_numpy(x, name)
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{name} must hold real numbers, got an array of dtype {arr.dtype}")
     if arr.ndim != 1:
@@ -106,86 +91,6 @@ def _as_scores(x, name: str) -> np.ndarray:
 
 def _pair(scores_id, scores_ood) -> tuple[np.ndarray, np.ndarray]:
     return _as_scores(scores_id, "scores_id"), _as_scores(scores_ood, "scores_ood")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the one sort every metric is read from
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _curve(scores: np.ndarray, pos_w: np.ndarray, neg_w: np.ndarray):
-    """Cumulative positive / negative counts above each distinct threshold.
-
-    ``scores`` (N,) float64; ``pos_w``, ``neg_w`` (N,) non-negative integer weights (1/0 labels, or pixel counts
-    for pooled-pixel metrics). Returns ``thresholds`` (distinct scores, descending), ``tps`` and ``fps`` (int64):
-    the total positive / negative weight of the samples scored ``>= thresholds[i]`` — exactly sklearn's
-    ``_binary_clf_curve``.
-    """
-    order = np.argsort(scores, kind="stable")[::-1]
-    s = scores[order]
-    # last index of each run of equal scores (in descending order)
-    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]
-    tps = np.cumsum(pos_w[order], dtype=np.int64)[ends]
-    fps = np.cumsum(neg_w[order], dtype=np.int64)[ends]
-    return s[ends], tps, fps
-
-
-def _auc_from_counts(tps: np.ndarray, fps: np.ndarray) -> float:
-    """Area under the ROC step curve through (0, 0) and the (fps, tps) points; ties (diagonal steps) count ½.
-
-    Trapezoids in integer arithmetic: ``Σ Δfp · (tp_prev + tp) / (2 P N)`` — exact before the final division.
-    """
-    n_pos, n_neg = int(tps[-1]), int(fps[-1])
-    dfp = np.diff(fps, prepend=0)
-    tp_sum = tps + np.r_[0, tps[:-1]]
-    if 2 * n_pos * n_neg < 2**62:
-        twice_area = int(np.dot(dfp, tp_sum))
-    else:  # astronomically many pooled pixels: fall back to float
-        twice_area = float(np.dot(dfp.astype(np.float64), tp_sum.astype(np.float64)))
-    return twice_area / (2.0 * n_pos * n_neg)
-
-
-def _ap_from_counts(tps: np.ndarray, fps: np.ndarray) -> float:
-    """Average precision ``Σ (R_i − R_{i−1}) P_i`` over distinct thresholds (sklearn's definition)."""
-    n_pos = tps[-1]
-    dtp = np.diff(tps, prepend=0).astype(np.float64)
-    precision = tps / (tps + fps)  # tps + fps > 0 at every distinct threshold
-    return float(max(0.0, np.sum(dtp / n_pos * precision)))
-
-
-def _labelled(pos: np.ndarray, neg: np.ndarray):
-    scores = np.concatenate([neg, pos])
-    is_pos = np.zeros(scores.size, dtype=np.int64)
-    is_pos[neg.size :] = 1
-    return scores, is_pos, 1 - is_pos
-
-
-def _ood_curve(s_id: np.ndarray, s_ood: np.ndarray):
-    """The one sort: cumulative (OOD, ID) counts scored ``>=`` each distinct threshold, highest first."""
-    _, tps, fps = _curve(*_labelled(s_ood, s_id))
-    return tps, fps
-
-
-def _flip(tps: np.ndarray, fps: np.ndarray):
-    """The same curve with the roles swapped and the scores negated (no re-sort).
-
-    At distinct threshold ``v`` the ID-positive curve of ``-scores`` counts the samples scored ``<= v``:
-    ``n − (count scored > v)``, read from the previous point of the descending curve, in ascending order of ``v``.
-    """
-    n_pos, n_neg = tps[-1], fps[-1]
-    neg_le = n_neg - np.r_[0, fps[:-1]]
-    pos_le = n_pos - np.r_[0, tps[:-1]]
-    return neg_le[::-1], pos_le[::-1]
-
-
-def _fpr_from_counts(tps: np.ndarray, fps: np.ndarray, tpr: float) -> float:
-    """FPR at the first (highest) threshold whose TPR is >= ``tpr``.
-
-    ``tps / tps[-1]`` is computed exactly as sklearn's ``tpr`` (integer counts divided by the total), so the
-    comparison with ``tpr`` agrees bit for bit with ``np.searchsorted(roc_curve(...)[1], tpr)``.
-    """
-    i = int(np.searchsorted(tps / tps[-1], tpr, side="left"))
-    return int(fps[i]) / int(fps[-1])
 
 
 def _check_tpr(tpr) -> float:
@@ -211,7 +116,7 @@ def auroc(scores_id, scores_ood) -> float:
         scores_id: (n_id,) scores of in-distribution samples (numpy, list or torch; finite, non-empty).
         scores_ood: (n_ood,) scores of out-of-distribution samples.
     """
-    return _auc_from_counts(*_ood_curve(*_pair(scores_id, scores_ood)))
+    return auc_from_counts(*ood_curve(*_pair(scores_id, scores_ood)))
 
 
 def aupr_out(scores_id, scores_ood) -> float:
@@ -222,7 +127,7 @@ def aupr_out(scores_id, scores_ood) -> float:
     ``auc(recall, precision)`` of OpenOOD / pytorch-ood (see the module docstring). Chance level is
     n_ood / (n_id + n_ood).
     """
-    return _ap_from_counts(*_ood_curve(*_pair(scores_id, scores_ood)))
+    return ap_from_counts(*ood_curve(*_pair(scores_id, scores_ood)))
 
 
 def aupr_in(scores_id, scores_ood) -> float:
@@ -231,7 +136,7 @@ def aupr_in(scores_id, scores_ood) -> float:
     The scores are negated (higher ``-score`` = more ID) and ID is labelled 1: identical to
     ``sklearn.metrics.average_precision_score(1 - y, -s)``. Chance level is n_id / (n_id + n_ood).
     """
-    return _ap_from_counts(*_flip(*_ood_curve(*_pair(scores_id, scores_ood))))
+    return ap_from_counts(*flip(*ood_curve(*_pair(scores_id, scores_ood))))
 
 
 def fpr_at_tpr(
@@ -273,8 +178,8 @@ def fpr_at_tpr(
     if positive not in ("ood", "id"):
         raise ValueError(f"positive must be 'ood' or 'id', got {positive!r}")
     tpr = _check_tpr(tpr)
-    curve = _ood_curve(*_pair(scores_id, scores_ood))
-    return _fpr_from_counts(*(curve if positive == "ood" else _flip(*curve)), tpr)
+    curve = ood_curve(*_pair(scores_id, scores_ood))
+    return fpr_from_counts(*(curve if positive == "ood" else flip(*curve)), tpr)
 
 
 def fpr_at_95_tpr_ood(scores_id, scores_ood) -> float:
@@ -298,14 +203,14 @@ def ood_metrics(scores_id, scores_ood) -> dict:
     the sample counts ``n_id``, ``n_ood``. Higher score = more OOD.
     """
     s_id, s_ood = _pair(scores_id, scores_ood)
-    out_curve = _ood_curve(s_id, s_ood)  # one sort serves every metric
-    in_curve = _flip(*out_curve)
+    out_curve = ood_curve(s_id, s_ood)  # one sort serves every metric
+    in_curve = flip(*out_curve)
     return {
-        "auroc": _auc_from_counts(*out_curve),
-        "aupr_in": _ap_from_counts(*in_curve),
-        "aupr_out": _ap_from_counts(*out_curve),
-        "fpr95_ood_positive": _fpr_from_counts(*out_curve, 0.95),
-        "fpr95_id_positive": _fpr_from_counts(*in_curve, 0.95),
+        "auroc": auc_from_counts(*out_curve),
+        "aupr_in": ap_from_counts(*in_curve),
+        "aupr_out": ap_from_counts(*out_curve),
+        "fpr95_ood_positive": fpr_from_counts(*out_curve, 0.95),
+        "fpr95_id_positive": fpr_from_counts(*in_curve, 0.95),
         "n_id": int(s_id.size),
         "n_ood": int(s_ood.size),
     }
@@ -334,7 +239,7 @@ def roc_curve(scores_id, scores_ood, *, drop_intermediate: bool = False):
     OOD, including sklearn's rule for dropping collinear points when ``drop_intermediate=True``.
     """
     s_id, s_ood = _pair(scores_id, scores_ood)
-    thr, tps, fps = _curve(*_labelled(s_ood, s_id))
+    thr, tps, fps = count_curve(*labelled(s_ood, s_id))
     if drop_intermediate and tps.size > 2:
         keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
         thr, tps, fps = thr[keep], tps[keep], fps[keep]

@@ -3,7 +3,7 @@
 A subclass implements ``A`` and ``A_adjoint`` (the exact adjoint, checked by the adjoint contract test)
 and may override ``A_pinv`` (a pseudo-inverse / reconstruction used to initialize and to project) and
 ``check_x`` / ``check_y`` (shape checks). The base class provides noisy measurement draws with explicit,
-per-image randomness, a generic least-squares pseudo-inverse by conjugate gradients, and
+per-image randomness, a generic (optionally damped) least-squares pseudo-inverse by conjugate gradients, and
 ``adjoint_error`` (the quantity the tests bound).
 """
 
@@ -43,17 +43,19 @@ class LinearOperator:
         raise NotImplementedError
 
     def A_pinv(self, y: Tensor, n_iter: int = 50) -> Tensor:
-        """A pseudo-inverse / reconstruction ``(B, *measurement_shape) → (B, C, H, W)``; here :meth:`pinv_cg`.
+        """A pseudo-inverse / reconstruction ``(B, *measurement_shape) → (B, C, H, W)``; here :meth:`pinv_damped`.
 
         Subclasses with a closed form (masks, FFT diagonals) or a classical reconstruction (FBP) override it.
         """
-        return self.pinv_cg(y, n_iter)
+        return self.pinv_damped(y, n_iter=n_iter)
 
-    def pinv_cg(self, y: Tensor, n_iter: int = 50) -> Tensor:
-        """Minimum-norm least-squares solution ``A⁺ y`` by conjugate gradients on ``A Aᵀ z = y``, ``x = Aᵀ z``.
+    def pinv_damped(self, y: Tensor, damping: float = 0.0, n_iter: int = 50) -> Tensor:
+        """``Aᵀ (A Aᵀ + damping·I)⁻¹ y`` by conjugate gradients on ``(A Aᵀ + damping·I) z = y``, ``x = Aᵀ z``.
 
-        (CGNE / Craig's method, one CG per measurement.) Available on every operator, also where ``A_pinv``
-        is overridden by a cheaper or classical reconstruction. ``n_iter`` bounds the iterations.
+        With ``damping = 0``: the minimum-norm least-squares solution ``A⁺ y`` (CGNE / Craig's method); with
+        ``damping > 0``: the Tikhonov-regularized one, ``argmin ‖A x − y‖² + damping ‖x‖²``. One CG per
+        measurement (row), ``n_iter`` iterations. Available on every operator, also where ``A_pinv`` is
+        overridden by a cheaper or classical reconstruction.
         """
         self.check_y(y)
         z = torch.zeros_like(y)
@@ -61,13 +63,16 @@ class LinearOperator:
         p = r.clone()
         dims = tuple(range(1, y.ndim))
         rs = (r * r).sum(dims, keepdim=True)
+        tiny = torch.finfo(y.dtype).tiny
         for _ in range(n_iter):
             q = self.A(self.A_adjoint(p))
-            alpha = rs / (p * q).sum(dims, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
+            if damping:
+                q = q + damping * p
+            alpha = rs / (p * q).sum(dims, keepdim=True).clamp_min(tiny)
             z = z + alpha * p
             r = r - alpha * q
             rs_new = (r * r).sum(dims, keepdim=True)
-            p = r + (rs_new / rs.clamp_min(torch.finfo(y.dtype).tiny)) * p
+            p = r + (rs_new / rs.clamp_min(tiny)) * p
             rs = rs_new
         return self.A_adjoint(z)
 

@@ -112,7 +112,7 @@ class ParallelBeamCT(LinearOperator):
     so they scale with ``N``; choose ``noise_std`` accordingly.
 
     ``A_pinv(y)`` is filtered back-projection (:meth:`fbp`): the classical reconstruction, *not* the exact
-    Moore–Penrose inverse (which is ill-conditioned for sparse views); :meth:`pinv_cg` gives the minimum-norm
+    Moore–Penrose inverse (which is ill-conditioned for sparse views); :meth:`pinv_damped` gives the minimum-norm
     least-squares solution by conjugate gradients.
 
     The system matrix is moved to ``x``'s device and dtype on first use and cached per (device, dtype).

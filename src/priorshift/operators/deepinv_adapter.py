@@ -18,7 +18,7 @@ class DeepinvOperator(LinearOperator):
     Noise is priorshift's own (``noise_std``, per-image generators via ``__call__``); the physics' noise
     model is never called. Linear operators are range-agnostic — ``A`` acts on whatever values it is given —
     so [-1, 1] images pass through unchanged, with no rescaling to deepinv's usual [0, 1]. Any object with ``A``
-    and ``A_adjoint`` methods works (``A_dagger`` is optional; without it ``A_pinv`` is :meth:`pinv_cg`).
+    and ``A_adjoint`` methods works (``A_dagger`` is optional; without it ``A_pinv`` is :meth:`pinv_damped`).
     deepinv itself is imported only to reject a non-linear deepinv ``Physics``. Not registered: it needs a
     physics object. ``x``: ``(B, C, H, W)``; ``y``: whatever the physics produces.
     """
@@ -52,7 +52,7 @@ class DeepinvOperator(LinearOperator):
         self.check_y(y)
         if callable(getattr(self.physics, "A_dagger", None)):
             return self.physics.A_dagger(y)
-        return self.pinv_cg(y)
+        return self.pinv_damped(y)
 
     def __repr__(self) -> str:
         return f"DeepinvOperator({type(self.physics).__name__}, noise_std={self.noise_std:g})"

@@ -6,7 +6,7 @@ measurement ``b``); hooks and results see ``(B, S, C, H, W)`` views of it.
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -16,7 +16,7 @@ from priorshift.diffusion.denoisers import as_counting
 from priorshift.rng import per_image_rng
 from priorshift.types import Hook, SampleResult, StepState
 
-__all__ = ["SamplerRun", "prior_step", "likelihood_stages"]
+__all__ = ["SamplerRun", "prior_step", "heun_step", "likelihood_stages"]
 
 
 def likelihood_stages(*labels: str):
@@ -64,6 +64,27 @@ def prior_step(x: Tensor, x0: Tensor, sigma: float, sigma_next: float, noise: Te
     return update, c
 
 
+def heun_step(
+    x: Tensor,
+    slopes: Sequence[Tensor],
+    sigma: float,
+    sigma_next: float,
+    slopes_next: Callable[[Tensor], Sequence[Tensor]],
+) -> tuple[Tensor, ...]:
+    """Heun's step ``σ → σ_next`` (Karras et al. 2022, Alg. 1) of the probability-flow ODE ``dx/dσ = slopes[0]``.
+
+    ``slopes``: ODE slopes ``(x − D(x, σ))/σ`` at ``(x, σ)``; the first moves ``x``, the others (e.g. the part
+    of it due to the measurement) are integrated along the same path. ``slopes_next(x_euler)`` gives them at the
+    Euler point ``x + h·slopes[0]``, level ``σ_next`` (never called at ``σ_next = 0``: the last step is Euler's).
+    Returns the update of each slope: ``½ h (d + d_next)``, or ``h·d`` at ``σ_next = 0``; ``h = σ_next − σ``.
+    """
+    h = sigma_next - sigma
+    if sigma_next <= 0:
+        return tuple(h * d for d in slopes)
+    nexts = slopes_next(x + h * slopes[0])
+    return tuple(0.5 * h * (d + d_next) for d, d_next in zip(slopes, nexts))
+
+
 class SamplerRun:
     """Validated inputs and per-run state of one sampler call."""
 
@@ -106,7 +127,7 @@ class SamplerRun:
         self.S = int(samples)
         self.y = y
         self.y_rep = y.repeat_interleave(self.S, dim=0)
-        self.image_shape = tuple(operator.A_adjoint(y[:1]).shape[1:])
+        self.image_shape = tuple(operator.A_adjoint(y).shape[1:])  # the whole batch: operators may hold per-row state (masks)
         self.dtype = y.dtype if y.is_floating_point() else torch.float32
         self.device = y.device
         self.rng = per_image_rng(seed, self.B, self.device)
@@ -174,6 +195,10 @@ class SamplerRun:
                 hook(state)
         self.steps_run = i + 1
         return x_next
+
+    def finish(self, x: Tensor, x0_hat: Tensor) -> SampleResult:
+        """The result: the final iterate ``x`` after a full run, the last denoised estimate after ``stop_after``."""
+        return self.result(x if self.steps_run == self.n_steps else x0_hat)
 
     def result(self, x_final: Tensor) -> SampleResult:
         return SampleResult(

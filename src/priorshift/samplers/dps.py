@@ -79,4 +79,4 @@ def sample_dps(
             stochastic = method != "euler" and sigma_next > 0
             update, _ = prior_step(x, x0, sigma, sigma_next, run.noise() if stochastic else None, method)
             x = run.emit(i, sigma, sigma_next, x, x0, update, {"dps": -step * direction})
-    return run.result(x if run.steps_run == run.n_steps else x0)
+    return run.finish(x, x0)

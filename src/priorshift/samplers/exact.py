@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from priorshift.registry import register
-from priorshift.samplers._run import SamplerRun, likelihood_stages, prior_step
+from priorshift.samplers._run import SamplerRun, heun_step, likelihood_stages, prior_step
 from priorshift.types import SampleResult
 
 __all__ = ["sample_exact"]
@@ -60,17 +60,15 @@ def sample_exact(
         x0 = D(x, s)
         x0_post = posterior_denoiser(x, s)
         if method == "heun":
-            # Slopes dx/dσ = (x − D)/σ of the posterior ODE and of the prior, at x and at the Euler point.
-            h = sigma_next - sigma
-            d_post, d_prior = (x - x0_post) / sigma, (x - x0) / sigma
-            update, lik = h * d_post, h * (d_post - d_prior)
-            if sigma_next > 0:
-                x_euler = x + update
+            # The posterior ODE's slope dx/dσ = (x − D(x, σ | y))/σ moves x; its excess over the prior's slope
+            # (x − D(x, σ))/σ, integrated along the same path, is the likelihood update.
+            def slopes_next(x_euler):
                 s_next = run.sigma_vector(sigma_next)
-                d_post2 = (x_euler - posterior_denoiser(x_euler, s_next)) / sigma_next
-                d_prior2 = (x_euler - D(x_euler, s_next)) / sigma_next
-                update = 0.5 * h * (d_post + d_post2)
-                lik = 0.5 * h * ((d_post - d_prior) + (d_post2 - d_prior2))
+                d = (x_euler - posterior_denoiser(x_euler, s_next)) / sigma_next
+                return d, d - (x_euler - D(x_euler, s_next)) / sigma_next
+
+            d_post = (x - x0_post) / sigma
+            update, lik = heun_step(x, (d_post, d_post - (x - x0) / sigma), sigma, sigma_next, slopes_next)
             x = run.emit(i, sigma, sigma_next, x, x0, update - lik, {"exact": lik})
             x0 = x0_post
             continue
@@ -78,4 +76,4 @@ def sample_exact(
         update, c = prior_step(x, x0, sigma, sigma_next, run.noise() if stochastic else None, method)
         x = run.emit(i, sigma, sigma_next, x, x0, update, {"exact": c * (x0_post - x0)})
         x0 = x0_post
-    return run.result(x if run.steps_run == run.n_steps else x0)
+    return run.finish(x, x0)

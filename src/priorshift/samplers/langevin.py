@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from priorshift.diffusion.denoisers import score_from_denoised
 from priorshift.registry import register
 from priorshift.samplers._run import SamplerRun, likelihood_stages
 from priorshift.samplers.dps import dps_gradient
@@ -61,7 +62,7 @@ def sample_langevin(
             x0, direction = dps_gradient(run.denoiser, operator, x, sigma_vec, run.y_rep, jacobian=jacobian, normalize=normalize)
             with torch.no_grad():
                 dl = -zeta * direction
-                dp = (alpha / 2) * (x0 - x) / sigma**2
+                dp = (alpha / 2) * score_from_denoised(x0, x, sigma)
                 if i < last:
                     dp = dp + alpha**0.5 * run.noise()
                 likelihood += dl

@@ -21,10 +21,10 @@ single non-zero eigenvalue λ declare ``pinv_is_exact = True`` (masks, MRI, supe
 ``A⁺_σ = λ / (λ + ε_σ) · A_pinv``. For the others (CT, blur) ``A⁺_σ`` is applied through the
 eigendecomposition ``A Aᵀ = V Λ Vᵀ``, computed once per operator (by probing ``A Aᵀ`` with the measurement
 basis, in float64) when the measurement has at most ``spectral_max`` entries — exact for every ε_σ at the cost
-of two small dense products — and by conjugate gradients otherwise (``damping`` keeps it well conditioned; a
-classical reconstruction such as FBP is not a contraction, and iterating ``x + FBP(y - A x)`` diverges). The two
-projection displacements are reported as the labelled likelihood updates ``"corrector"`` and ``"predictor"``
-(KLIP's song22 backend records the corrector's).
+of two small dense products — and otherwise by conjugate gradients, :meth:`LinearOperator.pinv_damped`
+(``damping`` keeps it well conditioned; a classical reconstruction such as FBP is not a contraction, and
+iterating ``x + FBP(y - A x)`` diverges). The two projection displacements are reported as the labelled
+likelihood updates ``"corrector"`` and ``"predictor"`` (KLIP's song22 backend records the corrector's).
 """
 
 from __future__ import annotations
@@ -35,41 +35,25 @@ import weakref
 import torch
 from torch import Tensor
 
+from priorshift.diffusion.denoisers import score_from_denoised
 from priorshift.registry import register
 from priorshift.samplers._run import SamplerRun, likelihood_stages, prior_step
 from priorshift.types import SampleResult
 
-__all__ = ["sample_projection", "damped_pinv", "SpectralPinv"]
+__all__ = ["sample_projection", "SpectralPinv"]
 
 
 def _largest_eigenvalue(operator, y: Tensor, iters: int = 20) -> float:
-    """‖A Aᵀ‖ by power iteration on one measurement-shaped vector (deterministic start)."""
-    v = torch.ones_like(y[:1])
-    lam = 1.0
+    """‖A Aᵀ‖ by power iteration from a deterministic start, one per row of ``y`` (an operator may act
+    differently on each row, e.g. inpainting with one mask per row); the largest over the rows."""
+    v = torch.ones_like(y)
+    lam = torch.ones(y.shape[0], dtype=y.dtype, device=y.device)
     for _ in range(iters):
         w = operator.A(operator.A_adjoint(v))
-        lam = float(w.norm() / v.norm().clamp_min(1e-30))
-        v = w / w.norm().clamp_min(1e-30)
-    return lam
-
-
-def damped_pinv(operator, r: Tensor, damping: float, iters: int = 20) -> Tensor:
-    """``Aᵀ (A Aᵀ + damping I)⁻¹ r`` by conjugate gradients (per row), ``iters`` iterations."""
-    z = torch.zeros_like(r)
-    res = r.clone()
-    p = res.clone()
-    dims = tuple(range(1, r.ndim))
-    rs = (res * res).sum(dims, keepdim=True)
-    tiny = torch.finfo(r.dtype).tiny
-    for _ in range(iters):
-        q = operator.A(operator.A_adjoint(p)) + damping * p
-        alpha = rs / (p * q).sum(dims, keepdim=True).clamp_min(tiny)
-        z = z + alpha * p
-        res = res - alpha * q
-        rs_new = (res * res).sum(dims, keepdim=True)
-        p = res + (rs_new / rs.clamp_min(tiny)) * p
-        rs = rs_new
-    return operator.A_adjoint(z)
+        w_norm = w.flatten(1).norm(dim=1).clamp_min(1e-30)
+        lam = w_norm / v.flatten(1).norm(dim=1).clamp_min(1e-30)
+        v = w / w_norm.reshape(-1, *([1] * (w.ndim - 1)))
+    return float(lam.max())
 
 
 class SpectralPinv:
@@ -172,7 +156,7 @@ def sample_projection(
             return weight * (lam / (lam + eps)) * A.A_pinv(r)
         if spectral is not None:
             return weight * spectral(A, r, eps)
-        return weight * damped_pinv(A, r, eps, cg_iters)
+        return weight * A.pinv_damped(r, eps, n_iter=cg_iters)
 
     x = run.initial()
     x0 = x
@@ -181,7 +165,7 @@ def sample_projection(
         prior = torch.zeros_like(x)
         x_start = x
         if corrector:
-            s = (D(x, run.sigma_vector(sigma)) - x) / sigma**2
+            s = score_from_denoised(D(x, run.sigma_vector(sigma)), x, sigma)
             z = run.noise()
             eps = 2 * (snr * run.row_norm(z) / run.row_norm(s).clamp_min(1e-12)) ** 2
             prior = eps * s + (2 * eps).sqrt() * z
@@ -193,4 +177,4 @@ def sample_projection(
         prior = prior + step
         updates["predictor"] = project(x + step, sigma_next)
         x = run.emit(i, sigma, sigma_next, x_start, x0, prior, updates)
-    return run.result(x if run.steps_run == run.n_steps else x0)
+    return run.finish(x, x0)

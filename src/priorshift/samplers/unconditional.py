@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from priorshift.registry import register
-from priorshift.samplers._run import SamplerRun, likelihood_stages, prior_step
+from priorshift.samplers._run import SamplerRun, heun_step, likelihood_stages, prior_step
 from priorshift.types import SampleResult
 
 __all__ = ["sample_unconditional"]
@@ -39,16 +39,12 @@ def sample_unconditional(
     for i, sigma, sigma_next in run.steps():
         x0 = D(x, run.sigma_vector(sigma))
         if method == "heun":
-            update, _ = prior_step(x, x0, sigma, sigma_next, None, "euler")
-            if sigma_next > 0:
-                # Heun's correction: average the ODE slopes at σ and σ_next.
-                x_euler = x + update
-                x0_next = D(x_euler, run.sigma_vector(sigma_next))
-                d = (x - x0) / sigma
-                d_next = (x_euler - x0_next) / sigma_next
-                update = (sigma_next - sigma) * 0.5 * (d + d_next)
+            def slopes_next(x_euler):
+                return ((x_euler - D(x_euler, run.sigma_vector(sigma_next))) / sigma_next,)
+
+            (update,) = heun_step(x, ((x - x0) / sigma,), sigma, sigma_next, slopes_next)
         else:
             noise = run.noise() if method in ("ancestral", "euler_maruyama") and sigma_next > 0 else None
             update, _ = prior_step(x, x0, sigma, sigma_next, noise, method)
         x = run.emit(i, sigma, sigma_next, x, x0, update, {})
-    return run.result(x if run.steps_run == run.n_steps else x0)
+    return run.finish(x, x0)
