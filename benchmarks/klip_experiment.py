@@ -208,7 +208,7 @@ def main():
     maps = torch.cat([si.maps(traces["eval_id"])[idx_id], si.maps(traces[main_ood])[idx_ood]])
     masks = torch.cat([sets["eval_id"].masks[idx_id], sets[main_ood].masks[idx_ood]])
     heatmap_figure(meas, rec, maps, masks, out / "heatmaps.png", labels=[f"ID {i}" for i in idx_id] + [f"{main_ood[5:]} {i}" for i in idx_ood],
-                   measurement_title=cfg["measurement_title"], title=f"KLIP map ({si.label()})")
+                   measurement_title=cfg["measurement_title"], title=f"KLIP map ({si.label()})", map_title="KLIP map")
     tr_id, tr_ood = traces["eval_id"], traces[main_ood]
     curve = lambda tr: tr.step_maps.flatten(2).sum(2).double().T  # noqa: E731  (T, N) per-step energy
     step_curve_figure(tr_id.sigmas[:-1], {"ID": curve(tr_id), main_ood[5:]: curve(tr_ood)}, ks.steps(tr_id.n_steps), out / "step_curves.png", title=f"{args.task}: per-step likelihood-update energy")

@@ -53,8 +53,10 @@ def test_train_end_to_end_and_resume(tiny_run, capsys):
     D = load_prior(prior)
     assert D(torch.zeros(1, 1, 16, 16), torch.ones(1)).shape == (1, 1, 16, 16)
     assert "npy:" in D.config["command"] and D.config["dataset"]["n"] == 40
-    assert main(argv) == 0  # a finished run resumes at its end and rewrites nothing it should not
-    assert "resuming" in capsys.readouterr().out
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    assert main(argv) == 0  # a finished run is recognised as finished and rewrites nothing
+    assert "already trained" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
 
 
 def test_score_command(tiny_run, tmp_path, capsys):
@@ -79,6 +81,9 @@ def test_score_command(tiny_run, tmp_path, capsys):
     assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before
     assert main(argv + ["--overwrite"]) == 0
+    assert main(["report", str(out)]) == 0, "a score run's folder rebuilds into a report"
+    report = (out / "report.html").read_text()
+    assert "heatmaps.png" in report and (out / "figures" / "scores_hist.png").is_file()
     assert main(["score", "--prior", prior, "--operator", "ct", "--out", str(tmp_path / "x")]) == 2
     assert "exactly one of --measurements" in capsys.readouterr().err
     assert not (tmp_path / "x").exists(), "a refused run creates nothing"

@@ -1,4 +1,4 @@
-"""The ``priorshift`` command line: ``demo``, ``train``, ``score``, ``priors``, ``datasets``."""
+"""The ``priorshift`` command line: ``demo``, ``train``, ``score``, ``bench``, ``report``, ``priors``, ``datasets``."""
 
 from __future__ import annotations
 
@@ -22,24 +22,47 @@ Everything runs offline on a CPU; small priors trained by `priorshift train` shi
 """
 
 
+def _parse_widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"--widths {text!r} must be comma-separated positive integers, finest level first (e.g. 16,32,64)") from None
+    return widths
+
+
+def _check_out_parent(out: Path) -> None:
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a directory")
+            return
+
+
+def _check_threads(n: int) -> None:
+    if n < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {n}")
+
+
 def _cmd_train(args) -> int:
     import torch
 
     from priorshift.data import load_dataset
-    from priorshift.diffusion.training import TrainConfig, train
+    from priorshift.diffusion.training import TrainConfig, check_run_dir, train, trained_steps
     from priorshift.diffusion.unet import UNetConfig
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    widths = tuple(int(w) for w in args.widths.split(","))
-    t0 = time.perf_counter()
-    data = load_dataset(args.data, split="train", n=args.train_size, image_size=args.image_size, seed=args.data_seed)
-    if data.shape[-1] != args.image_size:
-        raise SystemExit(f"priorshift train: dataset {args.data!r} gives {data.shape[-1]}×{data.shape[-1]} images, not {args.image_size}")
-    import hashlib
-
-    digest = hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
-    print(f"priorshift train: {data.shape[0]} training images {tuple(data.shape[1:])} from {args.data!r} (sha256 {digest}) in {time.perf_counter() - t0:.1f}s")
+    # -- validate everything before anything is loaded or created --
+    _check_threads(args.threads)
+    for flag, value, lo in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1), ("--checkpoint-every", args.checkpoint_every, 1),
+                            ("--image-size", args.image_size, 8)):
+        if value < lo:
+            raise ValueError(f"{flag} must be >= {lo}, got {value}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.train_size is not None and args.train_size < 1:
+        raise ValueError(f"--train-size must be >= 1, got {args.train_size}")
+    widths = _parse_widths(args.widths)
+    _check_out_parent(Path(args.out))
+    unet_kw = dict(image_size=args.image_size, widths=widths, attention=not args.no_attention)
     cfg = TrainConfig(
         name=args.name or Path(args.out).name,
         steps=args.steps,
@@ -47,15 +70,58 @@ def _cmd_train(args) -> int:
         lr=args.lr,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
-        unet=UNetConfig(image_size=args.image_size, channels=data.shape[1], widths=widths, attention=not args.no_attention),
+        unet=UNetConfig(**unet_kw),
     )
+    try:
+        cfg.validate()
+    except ValueError as e:
+        flag = {"image_size": "--image-size", "widths": "--widths", "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr"}
+        first = str(e).split(" ", 1)[0]
+        raise ValueError(f"{flag.get(first, first)}: {e}") from None
+    try:
+        check_run_dir(args.out, cfg)
+    except ValueError as e:
+        raise ValueError(f"--out {e}") from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    options, reading = {}, None
+    if str(args.data).startswith("npy:"):
+        from priorshift.data.datasets import infer_value_range, read_npy
+
+        path = args.data[len("npy:"):]
+        if args.value_range:
+            options["value_range"] = reading = args.value_range
+        elif Path(path).is_file():
+            try:
+                reading = infer_value_range(read_npy(path), path)
+            except ValueError:
+                reading = None  # load_dataset below raises the full error (empty, NaN, pickled, out of range)
+    elif args.value_range:
+        raise ValueError(f"--value-range applies to npy:PATH data only, not {args.data!r}")
+    data = load_dataset(args.data, split="train", n=args.train_size, image_size=args.image_size, seed=args.data_seed, **options)
+    if reading is not None:
+        print(_reading_note("--data", args.data, reading))
+    if data.shape[-1] != args.image_size:
+        raise ValueError(f"dataset {args.data!r} gives {data.shape[-1]}×{data.shape[-1]} images, not {args.image_size}")
+    if data.shape[1] != cfg.unet.channels:
+        cfg.unet = UNetConfig(**unet_kw, channels=data.shape[1])
+        cfg.validate()
+    import hashlib
+
+    digest = hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
+    print(f"priorshift train: {data.shape[0]} training images {tuple(data.shape[1:])} from {args.data!r} (sha256 {digest}) in {time.perf_counter() - t0:.1f}s")
     meta = {
-        "dataset": {"spec": args.data, "n": int(data.shape[0]), "image_size": args.image_size, "sha256_16": digest, "seed": args.data_seed},
+        "dataset": {"spec": args.data, "n": int(data.shape[0]), "image_size": args.image_size, "sha256_16": digest, "seed": args.data_seed,
+                    **({"value_range": reading} if reading else {})},
         "command": "priorshift " + " ".join(shlex.quote(a) for a in args.argv),
     }
+    grid = Path(args.out) / f"{cfg.name}_samples.png"
+    done_before = trained_steps(args.out) == cfg.steps and (Path(args.out) / f"{cfg.name}.safetensors").exists()
     path = train(cfg, data, args.out, meta=meta, progress=not args.quiet)
-    print(f"priorshift train: wrote {path} and {path.with_suffix('.json').name}")
-    if args.grid:
+    if not done_before:
+        print(f"priorshift train: wrote {path} and {path.with_suffix('.json').name}")
+    if args.grid and not (done_before and grid.exists()):
         from priorshift.diffusion.checkpoint import load_prior
         from priorshift.diffusion.schedules import schedule_for
         from priorshift.operators import Identity
@@ -66,96 +132,103 @@ def _cmd_train(args) -> int:
         y = torch.zeros(64, data.shape[1], args.image_size, args.image_size)
         with torch.no_grad():
             res = sample_unconditional(prior, Identity(), y, schedule_for(prior, 32), seed=list(range(64)))
-        grid = Path(args.out) / f"{cfg.name}_samples.png"
         save_image_grid(res.x0[:, 0], grid, title=f"{cfg.name}: 64 prior samples (Heun, 32 steps, {res.nfe_per_image:.0f} NFE each)")
         print(f"priorshift train: sample grid {grid}")
     return 0
 
 
-# Short names accepted in operator specs, e.g. ``ct:views=24,noise=0.01`` or ``blur:sigma=2``.
-_OPERATOR_ALIASES = {"inpaint": "inpainting", "sr": "downsample", "denoise": "identity"}
-_PARAM_ALIASES = {"noise": "noise_std", "views": "n_views", "kernel": "kernel_size"}
-
-
-def parse_value(text: str):
-    """A ``k=v`` value: a Python literal when it is one (``0.1``, ``False``, ``0.4,0.75`` → a tuple), else the string."""
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def parse_pairs(items, what: str) -> dict:
-    """``["a=1", "plan.zeta=0.1"]`` → ``{"a": 1, "plan": {"zeta": 0.1}}``."""
-    out: dict = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{what} {item!r} must look like key=value")
-        target = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = parse_value(value)
-    return out
-
-
-def parse_operator_spec(spec: str, image_size: int, mask_path: str | None = None):
-    """``NAME[:k=v,...]`` → an operator. ``ct`` gets the prior's image size; ``inpainting`` without a mask gets
-    a random pixel mask with observation probability ``p`` (default 0.5; ``block=b`` for b×b blocks, ``seed``);
-    ``mask=PATH.npy`` (or ``--mask``) loads one (1 = observed)."""
-    import numpy as np
-    import torch
-
-    from priorshift.operators import make_operator, random_block_mask, random_pixel_mask
-    from priorshift.registry import names
-
-    name, _, rest = spec.partition(":")
-    name = _OPERATOR_ALIASES.get(name, name)
-    if name not in names("operator"):
-        raise ValueError(f"unknown operator {name!r} in --operator {spec!r}; choose one of {', '.join(names('operator'))} (or inpaint, sr)")
-    kw = {}
-    for item in filter(None, rest.split(",")):
-        k, sep, v = item.partition("=")
-        if not sep:
-            raise ValueError(f"operator parameter {item!r} in --operator {spec!r} must look like key=value")
-        kw[_PARAM_ALIASES.get(k, k)] = parse_value(v)
-    mask_path = kw.pop("mask", mask_path)
-    if name == "ct":
-        kw.setdefault("image_size", image_size)
-    if name in ("inpainting", "mri"):
-        if mask_path is not None:
-            kw["mask"] = torch.from_numpy(np.load(str(mask_path), allow_pickle=False).astype("float32"))
-        elif name == "inpainting":
-            p, block, seed = float(kw.pop("p", 0.5)), int(kw.pop("block", 1)), int(kw.pop("seed", 0))
-            g = torch.Generator().manual_seed(seed)
-            kw["mask"] = random_pixel_mask(image_size, p, generator=g) if block == 1 else random_block_mask(image_size, block, p, generator=g)
-        else:
-            from priorshift.operators import cartesian_mask
-
-            accel, seed = int(kw.pop("accel", 4)), int(kw.pop("seed", 0))
-            kw["mask"] = cartesian_mask(image_size, accel, max(1, image_size // 8), generator=torch.Generator().manual_seed(seed))
-    try:
-        return make_operator(name, **kw)
-    except TypeError as e:
-        raise ValueError(f"--operator {spec!r}: {e}") from None
-
-
 def _load_npy(path: str, what: str):
+    """A measurement (or fit) array as float32, never unpickled; a missing, pickled or empty file is a ValueError."""
     import numpy as np
     import torch
+
+    from priorshift.data.datasets import read_npy
 
     if not Path(path).is_file():
         raise ValueError(f"{what} file {path!r} does not exist")
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = read_npy(path)
     except ValueError as e:
-        raise ValueError(f"{what} file {path!r} cannot be read as a plain .npy array ({e})") from None
-    if arr.shape[:1] == (0,):
-        raise ValueError(f"{what} file {path!r} holds 0 samples")
+        raise ValueError(f"{what} {e}") from None
+    if arr.shape[:1] == (0,) or arr.size == 0:
+        raise ValueError(f"{what} file {path!r} holds 0 samples (shape {arr.shape})")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{what} file {path!r} holds {arr.dtype} values; save a numeric (float) array")
     return torch.from_numpy(np.ascontiguousarray(arr)).float()
+
+
+def _load_images(path: str, what: str, value_range: str | None):
+    """Images from an ``.npy``, converted to [-1, 1] by the rule of :func:`priorshift.data.npy_stack`
+    (``value_range`` forces a reading); returns the images and the reading used."""
+    from priorshift.data.datasets import npy_images
+
+    if not Path(path).is_file():
+        raise ValueError(f"{what} file {path!r} does not exist")
+    try:
+        return npy_images(path, value_range=value_range)
+    except ValueError as e:
+        raise ValueError(f"{what} {e}") from None
+
+
+def _is_integer_npy(path: str) -> bool:
+    import numpy as np
+
+    from priorshift.data.datasets import read_npy
+
+    return bool(np.issubdtype(read_npy(path).dtype, np.integer))
+
+
+def _reading_note(what: str, path: str, reading: str) -> str:
+    from priorshift.data.datasets import VALUE_RANGES
+
+    note = f"{what} {path}: read as {VALUE_RANGES[reading]}"
+    if reading == "unit":
+        note += " (float data within [0, 1]; if it is already in [-1, 1], pass --value-range symmetric)"
+    return note
+
+
+def _spec_keys(spec: str | None) -> set[str]:
+    """The parameter names an operator spec sets explicitly (aliases resolved)."""
+    if not spec:
+        return set()
+    _, _, rest = spec.partition(":")
+    from priorshift.operators.spec import PARAM_ALIASES
+
+    return {PARAM_ALIASES.get(k, k) for k in (item.partition("=")[0] for item in rest.split(",")) if k}
+
+
+def _check_noise_acts(args, det) -> None:
+    """With ``--measurements``, the spec's ``noise=`` describes data that already exists: it can only act through
+    the detector. Refuse it when the detector declares it ignores ``operator.noise_std`` (a ``uses_noise_std``
+    attribute), or, undeclared, when its sampling plan's sampler declares so (``@uses_noise_std(False)``: DPS,
+    Langevin). Detectors that declare neither are given the benefit of the doubt."""
+    if args.measurements is None or "noise_std" not in _spec_keys(args.operator):
+        return
+    declared = getattr(det, "uses_noise_std", None)
+    plan = getattr(det, "plan", None)
+    sampler = getattr(plan, "sampler_fn", None)
+    if declared is None and getattr(sampler, "uses_noise_std", None) is False:
+        users = ", ".join(n for n in _sampler_names() if getattr(_sampler(n), "uses_noise_std", False))
+        raise ValueError(
+            f"--operator {args.operator!r} sets noise=, but sampler {plan.sampler!r} does not use the noise level (its "
+            f"measurement step is set by zeta), so with --measurements the setting would change nothing; drop noise= from "
+            f"--operator, or choose a sampler that weighs the data by it: --plan sampler=projection (samplers that use it: {users})"
+        )
+    if declared is False:
+        raise ValueError(f"--operator {args.operator!r} sets noise=, but --detector {args.detector} does not use the noise level, so "
+                         "with --measurements the setting would change nothing; drop noise= from --operator")
+
+
+def _sampler_names() -> list[str]:
+    from priorshift.registry import names
+
+    return names("sampler")
+
+
+def _sampler(name: str):
+    from priorshift.registry import get
+
+    return get("sampler", name)
 
 
 def _build_detector(args, prior, operator, image_size: int):
@@ -164,6 +237,8 @@ def _build_detector(args, prior, operator, image_size: int):
     from priorshift.tasks import get_task
 
     cls = get("detector", args.detector)
+    from priorshift.operators.spec import parse_pairs
+
     params = parse_pairs(args.param, "--param")
     plan = {**params.pop("plan", {}), **parse_pairs(args.plan, "--plan")}
     if args.detector == "klip" and args.task:
@@ -173,6 +248,13 @@ def _build_detector(args, prior, operator, image_size: int):
         params = {**base, **params}
     if plan:
         params["plan"] = plan
+    if args.detector == "klip" and "window" in params:
+        from priorshift.detectors.klip import window_steps
+
+        try:
+            window_steps(params["window"], 10**6)  # its form and range; the detector checks it against its schedule
+        except ValueError as e:
+            raise ValueError(f"--param window={_raw_param(args.param, 'window')}: {e}") from None
     if args.quiet is False and "progress" in _init_params(cls):
         params.setdefault("progress", True)
     try:
@@ -183,6 +265,14 @@ def _build_detector(args, prior, operator, image_size: int):
         raise ValueError(f"--detector {args.detector}: {e} (its parameters: {', '.join(_init_params(cls))})") from None
 
 
+def _raw_param(items, key: str) -> str:
+    for item in reversed(items or ()):
+        k, _, v = item.partition("=")
+        if k == key:
+            return v
+    return "?"
+
+
 def _init_params(cls) -> list[str]:
     import inspect
 
@@ -191,7 +281,7 @@ def _init_params(cls) -> list[str]:
 
 def _cmd_score(args) -> int:
     import csv
-    import json
+    import os
     import shutil
     import tempfile
 
@@ -203,14 +293,16 @@ def _cmd_score(args) -> int:
     from priorshift.io import atomic_write_json
     from priorshift.tasks import get_task
 
+    # -- validate everything before anything is created --
+    _check_threads(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
-    # -- validate everything before anything is created --
     if (args.measurements is None) == (args.images is None):
         raise ValueError("give exactly one of --measurements Y.npy (measured data) or --images X.npy (images to measure)")
     if int(args.batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = Path(args.out)
+    _check_out_parent(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is an existing file; give a directory")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
@@ -222,16 +314,21 @@ def _cmd_score(args) -> int:
     prior = load_prior(prior_name)
     size = prior.config["unet"]["image_size"]
     if args.operator:
-        op = parse_operator_spec(args.operator, size, args.mask)
+        from priorshift.operators.spec import operator_from_spec
+
+        op = operator_from_spec(args.operator, size, args.mask)
     elif task:
         op = task.make_operator()
     else:
         raise ValueError("give --operator SPEC (e.g. ct:views=20,noise=0.5, inpaint:p=0.5, blur:sigma=1.5, sr:factor=2, identity:noise=0.05) or --task NAME")
     det = _build_detector(args, prior, op, size)
+    readings = {}
+    channels = prior.config["unet"].get("channels", 1)
     if args.images is not None:
-        from priorshift.data import npy_stack
-
-        x = npy_stack(args.images)
+        x, readings["input"] = _load_images(args.images, "--images", args.value_range)
+        if tuple(x.shape[1:]) != (channels, size, size):
+            raise ValueError(f"--images {args.images} holds {x.shape[-2]}×{x.shape[-1]} images with {x.shape[1]} channel(s); the prior "
+                             f"{prior_name} takes {size}×{size} with {channels}: resize them, or use a prior of that size")
         data = x if det.input_kind == "images" else op(x, seed=list(range(args.seed, args.seed + x.shape[0])))
         kind = "images" if det.input_kind == "images" else "measurements"
     else:
@@ -239,15 +336,34 @@ def _cmd_score(args) -> int:
     if kind == "measurements" and det.input_kind == "images":
         from priorshift.detectors import FromMeasurements
 
+        from priorshift.operators.spec import parse_pairs
+
         det = FromMeasurements(det, op, plan=parse_pairs(args.plan, "--plan") or None)
-    det.check_input(data)
+    _check_noise_acts(args, det)
+    try:
+        det.check_input(data)
+    except ValueError as e:
+        source = f"--measurements {args.measurements}" if args.images is None else f"--images {args.images} (as {kind})"
+        raise ValueError(f"{source}: {e}") from None
+    if kind == "measurements" and args.images is None:
+        implied = tuple(op.A_adjoint(data[:1]).shape[1:])
+        if implied != (channels, size, size):
+            raise ValueError(f"--measurements {args.measurements} are of {implied[-2]}×{implied[-1]} images with {implied[0]} channel(s) "
+                             f"under {op!r}; the prior {prior_name} takes {size}×{size} with {channels}: check --operator and --prior")
     if det.needs_fit:
         if not args.fit:
             raise ValueError(f"--detector {args.detector} is calibrated on in-distribution data: give --fit ID.npy ({det.input_kind} or images)")
         fit = _load_npy(args.fit, "--fit")
-        if det.input_kind == "measurements" and fit.ndim == 4 and fit.shape[1:] != data.shape[1:]:
-            fit = op(fit, seed=list(range(10**6 + args.seed, 10**6 + args.seed + fit.shape[0])))
+        # Images to measure (or to score, for an image detector) go through the image loader's [-1, 1] conversion.
+        fit_is_images = det.input_kind == "images" or (fit.ndim == 4 and fit.shape[1:] != data.shape[1:])
+        if fit_is_images or _is_integer_npy(args.fit):
+            fit, readings["fit"] = _load_images(args.fit, "--fit", args.value_range)
+            if det.input_kind == "measurements":
+                fit = op(fit, seed=list(range(10**6 + args.seed, 10**6 + args.seed + fit.shape[0])))
         det.fit(fit, seed=args.seed)
+    if not args.quiet:
+        for what, reading in readings.items():
+            print(_reading_note(f"--{'images' if what == 'input' else 'fit'}", args.images if what == "input" else args.fit, reading), file=sys.stderr)
 
     t0 = time.perf_counter()
 
@@ -282,11 +398,14 @@ def _cmd_score(args) -> int:
             files.append("heatmaps.png")
         config = {"prior": str(prior_name), "operator": repr(op), "operator_spec": args.operator, "task": args.task,
                   "detector": det.config() if hasattr(det, "config") else args.detector, "input": args.measurements or args.images,
-                  "input_kind": kind, "fit": args.fit, "n": n, "seed": args.seed, "batch_size": args.batch_size,
+                  "input_kind": kind, "value_range": readings or None, "fit": args.fit, "n": n, "seed": args.seed, "batch_size": args.batch_size,
                   "nfe_total": s.nfe, "nfe_per_image": s.nfe / n, "seconds": round(time.perf_counter() - t0, 2),
                   "versions": {"priorshift": priorshift.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}}
         atomic_write_json(tmp / "config.json", config)
         files.append("config.json")
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the results from others
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -327,6 +446,34 @@ def _cmd_demo(args) -> int:
     return run_demo(out=args.out, quick=args.quick, n=args.n, prior=args.prior)
 
 
+def _cmd_bench(args) -> int:
+    import torch
+
+    from priorshift.bench.grid import load_config, run_grid
+
+    _check_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    out = Path(args.out) if args.out else Path("out") / Path(args.config).stem
+    _check_out_parent(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; give a directory")
+    only = set(args.only.split(",")) if args.only else None
+    summary = run_grid(cfg, out, only=only, log=(lambda s: None) if args.quiet else None)
+    print((out / "results.md").read_text())
+    print(f"priorshift bench: {len(summary)} rows; wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'results.md'}, {out / 'report.html'}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from priorshift.bench.report import rebuild_report
+
+    path = rebuild_report(args.dir)
+    print(f"priorshift report: wrote {path}")
+    return 0
+
+
 def _task_names() -> list[str]:
     from priorshift.tasks import TASKS
 
@@ -365,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-size", type=int, default=None, help="number of training images (procedural data: how many to generate)")
     t.add_argument("--data-seed", type=int, default=0)
+    t.add_argument("--value-range", default=None, choices=["uint8", "uint16", "unit", "symmetric"],
+                   help="npy:PATH data: how values map to [-1, 1] (default: by dtype and range; float data within [0, 1] is read "
+                        "as [0, 1] — [-1, 1] data without negative values cannot be told from it; the reading is printed)")
     t.add_argument("--checkpoint-every", type=int, default=250)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--no-grid", dest="grid", action="store_false", help="skip the sample grid PNG at the end")
@@ -380,7 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--plan", action="append", default=[], metavar="K=V",
                     help="a sampling-plan field or sampler parameter, e.g. sampler=dps, steps=50, zeta=0.1, jacobian=False (repeatable)")
     sc.add_argument("--measurements", default=None, help="Y.npy: measurements, (N, ...) as the operator produces them")
-    sc.add_argument("--images", default=None, help="X.npy: images (N, 1, H, W) or (N, H, W) in [0, 255] or [-1, 1], measured with the operator first")
+    sc.add_argument("--images", default=None, help="X.npy: images (N, 1, H, W) or (N, H, W): uint8 [0, 255], or float [0, 1] / [-1, 1] (see --value-range); measured with the operator first")
+    sc.add_argument("--value-range", default=None, choices=["uint8", "uint16", "unit", "symmetric"],
+                    help="how --images / --fit image files map to [-1, 1]: uint8 [0, 255], uint16, unit [0, 1] or symmetric [-1, 1] "
+                         "(default: by dtype and range — float data within [0, 1] is read as [0, 1], which [-1, 1] data without "
+                         "negative values cannot be told from; the reading used is printed and recorded in config.json)")
     sc.add_argument("--fit", default=None, help="ID.npy: in-distribution data for detectors that are calibrated (measurements or images)")
     sc.add_argument("--operator", default=None, metavar="SPEC",
                     help="NAME[:k=v,...]: ct:views=20,noise=0.5 | inpaint:p=0.5,block=4 | blur:kernel=7,sigma=1.5,noise=0.02 | sr:factor=2 | mri:accel=4 | identity:noise=0.1")
@@ -392,6 +546,19 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     sc.add_argument("--quiet", action="store_true", help="no progress output")
     sc.set_defaults(func=_cmd_score)
+
+    be = sub.add_parser("bench", help="run a benchmark grid (detectors × measurement domains) from a TOML config: results table + report.html",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    be.add_argument("config", help="a bench config, e.g. benchmarks/configs/ood-fmnist-mnist.toml (format: priorshift.bench.grid)")
+    be.add_argument("--out", default=None, help="results folder (default: out/<config name>); each row's scores are cached in OUT/scores")
+    be.add_argument("--only", default=None, metavar="ROWS", help="comma-separated row keys (detector@domain[#label]) to score again")
+    be.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
+    be.add_argument("--quiet", action="store_true", help="no progress output")
+    be.set_defaults(func=_cmd_bench)
+
+    rp = sub.add_parser("report", help="(re)build report.html in a results folder (a bench grid or a score run) from its saved scores")
+    rp.add_argument("dir", help="the results folder")
+    rp.set_defaults(func=_cmd_report)
 
     pr = sub.add_parser("priors", help="list the bundled priors and how each was trained")
     pr.set_defaults(func=_cmd_priors)
@@ -410,8 +577,9 @@ def main(argv=None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad input, a missing / unreadable file: one line that says what to fix
         if args.debug:
             raise
-        print(f"priorshift {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"priorshift {args.command}: error: {message}", file=sys.stderr)
         return 2

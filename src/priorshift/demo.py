@@ -4,14 +4,21 @@ A quick form of ``benchmarks/klip_experiment.py --task ct``: the bundled ``phant
 parallel-beam CT with measurement noise, DPS posterior sampling; KLIP's window and block are the ones tuned
 on the *star* tuning split by that benchmark (never on lesions), compared with the whole-image KL ablation.
 Prints a table and writes ``results.md``, ``metrics.json`` and ``heatmaps.png`` to the output directory.
+
+The output directory is written whole or not at all: the files go into a temporary directory beside it, renamed
+into place at the end, so an interrupted or failed demo leaves the previous output (or nothing) — never a mix.
+An existing ``--out`` is replaced only when it holds nothing but a previous demo's files; anything else is refused
+before any work is done, as are a prior of the wrong size and ``n < 2``.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Mapping
 
 import torch
 
@@ -21,7 +28,10 @@ from priorshift.metrics import auroc_standard_error, ood_metrics
 from priorshift.registry import get
 from priorshift.tasks import get_task
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "DEMO_FILES", "check_output_dir", "write_output_dir"]
+
+DEMO_FILES = ("heatmaps.png", "results.md", "metrics.json")
+"""What a demo writes; an existing output directory holding only these is a previous demo, and is replaced."""
 
 TASK = get_task("ct")  # prior, 20-view CT with noise, DPS ζ, KLIP's tuned window and block
 
@@ -30,18 +40,76 @@ def _fmt(v: float) -> str:
     return "  —  " if v != v else f"{v:.3f}"
 
 
+def check_output_dir(out: str | Path, files: tuple[str, ...] = DEMO_FILES) -> Path:
+    """Refuse an ``out`` that :func:`write_output_dir` may not replace: a file, or a directory holding anything
+    but ``files`` (a previous run's output). Creates nothing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; give a directory")
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in files)
+        if other:
+            raise ValueError(f"--out {out} holds files the demo did not write ({', '.join(other[:3])}{', …' if len(other) > 3 else ''}); "
+                             "choose a new directory (an earlier demo's output is replaced)")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a directory")
+            break
+    return out
+
+
+def write_output_dir(out: str | Path, writers: Mapping[str, Callable[[Path], object]]) -> Path:
+    """Write a whole output directory at once: ``writers[name](path)`` writes each file into a temporary
+    directory beside ``out``, which then replaces ``out``. If any writer fails, ``out`` is as before and the
+    temporary directory is gone."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, write in writers.items():
+            write(tmp / name)
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the results from others
+        if out.exists():
+            old = out.with_name(f".{out.name}.old.{tmp.name[-8:]}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = None, prior: str | None = None) -> int:
     from priorshift import load_prior
     from priorshift.data import healthy_set, lesion_set
-    from priorshift.io import atomic_write, atomic_write_json
+    from priorshift.io import atomic_write_json
 
     t0 = time.perf_counter()
-    out = Path(out)
-    n = n or (4 if quick else 24)
+    # -- validate everything before any work is done or anything is created --
+    out = check_output_dir(out)
+    if n is not None and (isinstance(n, bool) or int(n) != n or n < 2):
+        raise ValueError(f"--n must be an integer >= 2 (images per set: the AUROC compares two sets), got {n}")
+    n = int(n) if n is not None else (4 if quick else 24)
     steps = 12 if quick else TASK.plan["steps"]
     prior_name = prior or TASK.prior
     prior = load_prior(prior_name)
     ct = TASK.make_operator()
+    size, channels = getattr(prior, "image_size", None), getattr(prior, "channels", None)
+    if (size, channels) != (ct.image_size, 1):
+        raise ValueError(f"the demo needs a {ct.image_size}×{ct.image_size} single-channel CT prior; {prior_name} is "
+                         f"{size}×{size} with {channels} channel(s) (default: {TASK.prior})")
     views, noise, zeta, samples = ct.n_views, ct.noise_std, TASK.plan["zeta"], TASK.samples
     contrast = TASK.extra["lesion_contrast"]
     healthy = healthy_set(n, seed=90_001)
@@ -96,7 +164,6 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
     print(f"  With {n} + {n} images an AUROC near 0.5 has a standard error of about {auroc_standard_error(0.5, n, n):.2f} "
           "(Hanley–McNeil); the 64 + 64 image experiment is benchmarks/results/klip-ct.")
 
-    out.mkdir(parents=True, exist_ok=True)
     k = min(3, n)
     idx = list(range(k))
     meas = torch.cat([ct.fbp(y_id[idx], filter="hann"), ct.fbp(y_ood[idx], filter="hann")])
@@ -104,12 +171,15 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
     im = image_setting
     maps = torch.cat([im.maps(tr_id)[idx], im.maps(tr_ood)[idx]])
     masks = torch.cat([healthy.masks[idx], lesions.masks[idx]])
-    fig = heatmap_figure(meas, rec, maps, masks, out / "heatmaps.png", labels=[f"healthy {i}" for i in idx] + [f"lesion {i}" for i in idx],
-                         measurement_title=f"FBP ({views} views)", title=f"KLIP map ({im.label()})")
     elapsed = time.perf_counter() - t0
     text = (f"# priorshift demo\n\n{n} healthy vs {n} lesion phantoms, {views}-view CT (noise {noise}), "
             f"DPS {steps} steps × {samples} samples; {elapsed:.0f} s.\n\n```\n{table}\n```\n\n![heatmaps](heatmaps.png)\n")
-    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text))
-    atomic_write_json(out / "metrics.json", {"n": n, "steps": steps, "seconds": round(elapsed, 1), "results": results})
-    print(f"\n  heatmaps: {fig}\n  table:    {out / 'results.md'}\n  done in {elapsed:.0f} s")
+    labels = [f"healthy {i}" for i in idx] + [f"lesion {i}" for i in idx]
+    write_output_dir(out, {
+        "heatmaps.png": lambda path: heatmap_figure(meas, rec, maps, masks, path, labels=labels,
+                                                    measurement_title=f"FBP ({views} views)", title=f"KLIP map ({im.label()})"),
+        "results.md": lambda path: path.write_text(text),
+        "metrics.json": lambda path: atomic_write_json(path, {"n": n, "steps": steps, "seconds": round(elapsed, 1), "results": results}),
+    })
+    print(f"\n  heatmaps: {out / 'heatmaps.png'}\n  table:    {out / 'results.md'}\n  done in {elapsed:.0f} s")
     return 0

@@ -1,4 +1,4 @@
-"""Figures for KLIP experiments: heatmaps, ROC curves, per-step curves, AUROC vs contrast."""
+"""Figures for experiments and reports: heatmaps, score histograms, ROC curves, per-step curves, AUROC vs contrast."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from priorshift.metrics import roc_curve
 from priorshift.plotting import pyplot, save_figure
 
-__all__ = ["heatmap_figure", "roc_figure", "step_curve_figure", "contrast_figure"]
+__all__ = ["heatmap_figure", "histogram_figure", "roc_figure", "step_curve_figure", "contrast_figure"]
 
 
 def _img(ax, x: Tensor, title: str | None = None, cmap="gray", vmin=-1, vmax=1):
@@ -34,25 +34,49 @@ def heatmap_figure(
     labels: Sequence[str],
     measurement_title: str = "measurement",
     title: str | None = None,
+    map_title: str = "map",
 ) -> Path:
-    """One row per image: measurement (or its classical reconstruction) → posterior reconstruction → KLIP map
-    (upsampled, over the reconstruction) → ground-truth OOD mask. Maps share one colour scale so ID and OOD
-    rows compare. ``measurement``/``reconstruction``: (N, 1, H, W); ``maps``: (N, h, w); ``masks``: (N, H, W)."""
+    """One row per image: measurement (or its classical reconstruction) → posterior reconstruction → the
+    detector's map (upsampled, over the reconstruction) → ground-truth OOD mask (the column is left out when
+    ``masks`` is None). Maps share one colour scale, shown by a colour bar, so ID and OOD rows compare.
+    ``measurement``/``reconstruction``: (N, 1, H, W); ``maps``: (N, h, w); ``masks``: (N, H, W)."""
     plt = pyplot()
     n, h, w = measurement.shape[0], measurement.shape[-2], measurement.shape[-1]
     up = F.interpolate(maps[:, None].float(), size=(h, w), mode="nearest")[:, 0]
     vmax = float(up.max()) or 1.0
-    fig, axes = plt.subplots(n, 4, figsize=(6.4, 1.65 * n + (0.4 if title else 0)), squeeze=False)
+    cols = 4 if masks is not None else 3
+    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols + 0.6, 1.65 * n + (0.4 if title else 0)), squeeze=False)
+    overlay = None
     for r in range(n):
         _img(axes[r, 0], measurement[r, 0], measurement_title if r == 0 else None)
         _img(axes[r, 1], reconstruction[r, 0], "reconstruction" if r == 0 else None)
-        _img(axes[r, 2], reconstruction[r, 0], "KLIP map" if r == 0 else None)
-        axes[r, 2].imshow(up[r].cpu().numpy(), cmap="inferno", alpha=0.65, vmin=0, vmax=vmax, interpolation="nearest")
-        gt = masks[r].float() if masks is not None else torch.zeros(h, w)
-        _img(axes[r, 3], gt, "ground truth" if r == 0 else None, cmap="Reds", vmin=0, vmax=1)
+        _img(axes[r, 2], reconstruction[r, 0], map_title if r == 0 else None)
+        overlay = axes[r, 2].imshow(up[r].cpu().numpy(), cmap="inferno", alpha=0.65, vmin=0, vmax=vmax, interpolation="nearest")
+        if masks is not None:
+            _img(axes[r, 3], masks[r].float(), "ground truth" if r == 0 else None, cmap="Reds", vmin=0, vmax=1)
         axes[r, 0].set_ylabel(labels[r], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    bar = fig.colorbar(overlay, ax=axes[:, 2].tolist(), fraction=0.05, pad=0.02)
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label("map value (shared scale)", fontsize=7)
+    return save_figure(fig, path)
+
+
+def histogram_figure(groups: dict[str, np.ndarray], path: str | Path, title: str = "", xlabel: str = "score (higher = more shifted)") -> Path:
+    """Overlaid score histograms, one per group (e.g. ``{"ID": s_id, "OOD": s_ood}``), on shared bins."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(3.8, 2.8))
+    values = np.concatenate([np.asarray(v, dtype=float).ravel() for v in groups.values()])
+    finite = values[np.isfinite(values)]
+    bins = np.histogram_bin_edges(finite, bins=min(30, max(5, finite.size // 4))) if finite.size else 10
+    for label, v in groups.items():
+        ax.hist(np.asarray(v, dtype=float), bins=bins, alpha=0.55, label=f"{label} (n = {np.asarray(v).size})")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel("images", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 

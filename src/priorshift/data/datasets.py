@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DatasetNotFoundError", "fashion_mnist", "mnist", "image_folder", "npy_stack", "dicom_slice",
-           "shepp_logan", "resize", "FASHION_MNIST_DIR"]
+__all__ = ["DatasetNotFoundError", "fashion_mnist", "mnist", "image_folder", "npy_stack", "npy_images", "read_npy",
+           "infer_value_range", "VALUE_RANGES", "dicom_slice", "shepp_logan", "resize", "FASHION_MNIST_DIR"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where dataset-fashion-mnist puts the files
 _FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -142,31 +142,63 @@ def mnist(split: str = "train", pad_to: int | None = 32, n: int | None = None, w
     return (x, torch.from_numpy(y[idx])) if with_labels else x
 
 
+VALUE_RANGES = {"uint8": "[0, 255] → x / 127.5 − 1", "uint16": "[0, 65535] → x / 32767.5 − 1",
+                "unit": "[0, 1] → 2x − 1", "symmetric": "[-1, 1] as is"}
+"""The readings of :func:`npy_stack`'s ``value_range`` and what each does to the values."""
+
+
+def infer_value_range(a: np.ndarray, what: str = "data") -> str:
+    """The reading :func:`npy_stack` uses when ``value_range=None``: ``"uint8"`` / ``"uint16"`` by dtype; for
+    floats ``"unit"`` when every value is in [0, 1], ``"symmetric"`` when in [-1, 1] with some negative value;
+    anything else is a ``ValueError`` that says to rescale.
+
+    The one ambiguity: float data in [-1, 1] that happens to hold no negative value is read as [0, 1] — the
+    range alone cannot tell the two apart. Pass ``value_range="symmetric"`` (CLI: ``--value-range symmetric``)
+    for such data; the CLI prints the reading it used.
+    """
+    if a.dtype == np.uint8:
+        return "uint8"
+    if a.dtype == np.uint16:
+        return "uint16"
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{what}: unsupported dtype {a.dtype}; use uint8, uint16 or float images")
+    _check_finite(a, what)
+    lo, hi = float(np.min(a)), float(np.max(a))
+    if lo >= 0.0 and hi <= 1.0:
+        return "unit"
+    if lo >= -1.0 and hi <= 1.0:
+        return "symmetric"
+    raise ValueError(f"{what}: float values span [{lo:.4g}, {hi:.4g}], neither [0, 1] nor [-1, 1]; "
+                     "rescale them to [-1, 1] first (or save 8-bit data as uint8)")
+
+
+def _check_data(a: np.ndarray, what: str) -> None:
+    """At least one image, and no NaN/Inf."""
+    if a.size == 0:
+        raise ValueError(f"{what} holds 0 images (array of shape {a.shape})")
+    _check_finite(a, what)
+
+
+def _check_finite(a: np.ndarray, what: str) -> None:
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        bad = ~np.isfinite(a)
+        where = f" (first in image {int(np.argwhere(bad)[0][0])})" if a.ndim >= 3 else ""
+        raise ValueError(f"{what}: {int(bad.sum())} NaN/Inf value(s){where}; clean or drop those images first")
+
+
 def _to_unit(a: np.ndarray, value_range: str | None, what: str) -> np.ndarray:
-    """The value rule of :func:`npy_stack` and :func:`image_folder`."""
+    """The value rule of :func:`npy_stack` and :func:`image_folder` (see :func:`infer_value_range`)."""
+    _check_data(a, what)
     if value_range is None:
-        if a.dtype == np.uint8:
-            value_range = "uint8"
-        elif a.dtype == np.uint16:
-            value_range = "uint16"
-        elif np.issubdtype(a.dtype, np.floating):
-            lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-            if lo >= 0.0 and hi <= 1.0:
-                value_range = "unit"
-            elif lo >= -1.0 and hi <= 1.0:
-                value_range = "symmetric"
-            else:
-                raise ValueError(f"{what}: float values span [{lo:.4g}, {hi:.4g}], neither [0, 1] nor [-1, 1]; "
-                                 "rescale them first")
-        else:
-            raise ValueError(f"{what}: unsupported dtype {a.dtype}; use uint8, uint16 or float")
+        value_range = infer_value_range(a, what)
     scale = {"uint8": (2 / 255, -1.0), "uint16": (2 / 65535, -1.0), "unit": (2.0, -1.0), "symmetric": (1.0, 0.0)}
     if value_range not in scale:
         raise ValueError(f"value_range must be one of {sorted(scale)} or None, got {value_range!r}")
     m, c = scale[value_range]
     out = a.astype(np.float32) * np.float32(m) + np.float32(c)
-    if not np.isfinite(out).all() or out.min() < -1.0001 or out.max() > 1.0001:
-        raise ValueError(f"{what}: values fall outside [-1, 1] under value_range={value_range!r}")
+    if out.min() < -1.0001 or out.max() > 1.0001:
+        raise ValueError(f"{what}: values span [{float(a.min()):.4g}, {float(a.max()):.4g}], outside what "
+                         f"value_range={value_range!r} reads ({VALUE_RANGES[value_range]}); rescale them or choose another value_range")
     return np.clip(out, -1.0, 1.0)
 
 
@@ -183,19 +215,18 @@ def _nchw(a: np.ndarray, what: str) -> np.ndarray:
                      "or (N, H, W, C) with C in {1, 3}")
 
 
-def npy_stack(path, key: str | None = None, value_range: str | None = None) -> Tensor:
-    """Images from a ``.npy`` or ``.npz`` file (``allow_pickle=False``), as float32 ``(N, C, H, W)``.
-
-    Shapes: ``(H, W)``, ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` with ``C`` in {1, 3}. ``.npz`` with
-    several arrays needs ``key``. Value rule (``value_range=None``): uint8 -> ``x / 127.5 - 1``; uint16 ->
-    ``x / 32767.5 - 1``; float within [0, 1] -> ``2x - 1``; float within [-1, 1] (some negative) -> as is;
-    anything else is an error. Force a reading with ``value_range`` = "uint8", "uint16", "unit" or
-    "symmetric" (e.g. "symmetric" for [-1, 1] data that happens to have no negative value).
-    """
+def read_npy(path, key: str | None = None) -> np.ndarray:
+    """The array of a ``.npy`` / ``.npz`` file, never unpickling: a missing file is a ``FileNotFoundError``; a
+    pickled, truncated or non-NumPy file a ``ValueError`` that names it. ``.npz`` with several arrays needs
+    ``key``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such .npy/.npz file: {path}")
-    data = np.load(path, allow_pickle=False)
+        raise FileNotFoundError(f"no such .npy/.npz file: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise ValueError(f"{path} cannot be read as a plain numeric .npy/.npz array ({e}); priorshift never loads "
+                         "pickles — save a numeric array with numpy.save") from None
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:
             keys = list(data.keys())
@@ -203,8 +234,38 @@ def npy_stack(path, key: str | None = None, value_range: str | None = None) -> T
                 raise ValueError(f"{path} holds arrays {keys}; choose one with key=")
             if key is not None and key not in keys:
                 raise ValueError(f"{path} has no array {key!r}; it holds {keys}")
-            data = data[key if key is not None else keys[0]]
-    return torch.from_numpy(_nchw(_to_unit(np.asarray(data), value_range, str(path)), str(path)).copy())
+            try:
+                data = data[key if key is not None else keys[0]]
+            except ValueError as e:
+                raise ValueError(f"{path} cannot be read as plain numeric arrays ({e}); priorshift never loads pickles") from None
+    return np.asarray(data)
+
+
+def npy_images(path, key: str | None = None, value_range: str | None = None) -> tuple[Tensor, str]:
+    """:func:`npy_stack`'s images and the reading used (a key of :data:`VALUE_RANGES`), for callers that
+    report it (the CLI does: [0, 1] and [-1, 1] float data cannot always be told apart)."""
+    a = read_npy(path, key)
+    what = str(path)
+    _check_data(a, what)
+    if value_range is None:
+        value_range = infer_value_range(a, what)
+    return torch.from_numpy(_nchw(_to_unit(a, value_range, what), what).copy()), value_range
+
+
+def npy_stack(path, key: str | None = None, value_range: str | None = None) -> Tensor:
+    """Images from a ``.npy`` or ``.npz`` file (``allow_pickle=False``), as float32 ``(N, C, H, W)`` in [-1, 1].
+
+    Shapes: ``(H, W)``, ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` with ``C`` in {1, 3}. ``.npz`` with
+    several arrays needs ``key``. Value rule (``value_range=None``, :func:`infer_value_range`): uint8 ->
+    ``x / 127.5 - 1``; uint16 -> ``x / 32767.5 - 1``; float within [0, 1] -> ``2x - 1``; float within [-1, 1]
+    (some negative) -> as is; anything else is an error. Force a reading with ``value_range`` = "uint8",
+    "uint16", "unit" or "symmetric".
+
+    **[0, 1] or [-1, 1]?** The range alone cannot always tell: [-1, 1] data with no negative value (a dark
+    crop, a mask) is read as [0, 1] and shifted. Pass ``value_range="symmetric"`` when you know it is [-1, 1].
+    Empty arrays, NaN/Inf values, pickled or unreadable files raise a ``ValueError`` naming the file.
+    """
+    return npy_images(path, key=key, value_range=value_range)[0]
 
 
 def image_folder(path, size: int | None = None, grayscale: bool = True) -> Tensor:

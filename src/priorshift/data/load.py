@@ -62,7 +62,10 @@ def _folder(*, path, split="train", n=None, image_size=None, seed=0, grayscale=T
 
 @register("dataset", "npy")
 def _npy(*, path, split="train", n=None, image_size=None, seed=0, key=None, value_range=None) -> Tensor:
-    """A ``.npy``/``.npz`` image stack (``npy:PATH``)."""
+    """A ``.npy``/``.npz`` image stack (``npy:PATH``), converted by :func:`~priorshift.data.npy_stack`'s value rule:
+    uint8 / uint16 by dtype, float data within [0, 1] read as [0, 1] (``2x - 1``), float data with negative values
+    within [-1, 1] as is. [-1, 1] data without a negative value cannot be told from [0, 1] data: pass
+    ``value_range="symmetric"`` (CLI: ``train --value-range symmetric``)."""
     return resize(_first(npy_stack(path, key=key, value_range=value_range), n), image_size)
 
 

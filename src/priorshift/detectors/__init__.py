@@ -13,6 +13,7 @@ from priorshift.detectors.reconstruct import FromMeasurements
 from priorshift.detectors.eigenscore import EigenScore, EigenScoreTrace
 from priorshift.detectors.klip import KLIP, KLIPAccumulator, aggregate_step_maps
 from priorshift.detectors.lmd import LMD
+from priorshift.detectors.measurement_kl import KLEstimate, MeasurementKL, MeasurementKLScore
 
 __all__ = [
     "Detector",
@@ -31,4 +32,7 @@ __all__ = [
     "KLIPAccumulator",
     "aggregate_step_maps",
     "LMD",
+    "MeasurementKL",
+    "MeasurementKLScore",
+    "KLEstimate",
 ]

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from priorshift._checks import check_image, check_tensor
+from priorshift.operators.base import LinearOperator
 from priorshift.rng import per_image_rng
 from priorshift.types import Scores
 
@@ -102,6 +103,7 @@ class Detector:
             self.operator.check_y(data)
             return data
         name = name or "x"
+        LinearOperator.check_image_range(data, name)  # [0, 255] or integer images are refused where images enter
         size = getattr(self.prior, "image_size", None)
         shape = getattr(self.prior, "shape", None)
         if size is None and shape is not None and len(shape) == 3:

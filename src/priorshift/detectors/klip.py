@@ -68,7 +68,11 @@ def _check_choice(value: str, name: str, choices) -> str:
 def window_steps(window: tuple[float, float], n_steps: int) -> tuple[int, int]:
     """KLIP's window ``(a, b)`` (fractions of the steps from the noisy end) as the steps ``k0 ≤ k < k1`` of an
     ``n_steps`` schedule: ``k0 = round(a·T)``, ``k1 = round(b·T)``. The one place this conversion lives."""
-    a, b = (float(v) for v in window)
+    try:
+        a, b = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"window needs two numbers (a, b), fractions of the steps from the noisy end with 0 <= a < b <= 1 "
+                         f"(e.g. 0.4,0.75); got {window!r}") from None
     if not (0.0 <= a < b <= 1.0):
         raise ValueError(f"window must be (a, b) with 0 <= a < b <= 1 (fractions of the steps from the noisy end), got {window}")
     k0, k1 = round(a * n_steps), round(b * n_steps)
@@ -233,11 +237,12 @@ class KLIP(Detector):
         self.block = int(block)
         self.sigma_power = float(sigma_power)
         self.stage = stage
-        self.window = tuple(window)
         self.window_sigma = None if window_sigma is None else tuple(window_sigma)
         self.keep_step_maps = bool(keep_step_maps)
         self.progress = bool(progress)
         self.sigmas = self.plan.sigmas(prior)
+        window_steps(window, self.sigmas.numel() - 1)  # a clear error for a bad window, before anything else uses it
+        self.window = tuple(window)
         self._window = self._resolve_window()
 
     @classmethod

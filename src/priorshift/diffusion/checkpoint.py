@@ -3,6 +3,13 @@
 A prior ``NAME`` is two files side by side: ``NAME.safetensors`` (the EMA network weights) and
 ``NAME.json`` (architecture, preconditioning, data range, how it was trained). Bundled priors live in
 ``priorshift/weights/`` and are listed with their training command in ``weights/manifest.json``.
+
+Integrity, checked by :func:`load_prior` before the prior is handed out, each failure a ``ValueError`` naming the
+weights file: the SHA-256 of the ``.safetensors`` file against the manifest (bundled names) and against the
+``weights_sha256`` its JSON records (written by :func:`save_prior`; older checkpoints without it skip this);
+the safetensors header; the tensors' shapes against the architecture; every tensor finite; and one forward
+pass of the network on a fixed input giving a finite output — so weights damaged behind an intact header are
+reported as damaged weights, not later as NaN "in the input".
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ def save_prior(path: str | Path, net: UNet, config: dict, *, half: bool = True) 
     dtype = torch.float16 if half else torch.float32
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-    meta = dict(config, format=FORMAT, unet=net.config.to_dict(), weights_dtype=str(dtype).replace("torch.", ""))
+    meta = dict(config, format=FORMAT, unet=net.config.to_dict(), weights_dtype=str(dtype).replace("torch.", ""),
+                weights_sha256=sha256(path))
     atomic_write_json(path.with_suffix(".json"), meta)
     return path
 
@@ -93,19 +101,21 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
         raise ValueError(f"{config_path} is not valid JSON ({e}); the checkpoint is corrupt") from None
     if config.get("format") != FORMAT:
         raise ValueError(f"{config_path} is not a priorshift prior config (format {config.get('format')!r}, expected {FORMAT!r})")
-    expected = bundled_priors().get(str(name_or_path), {}).get("sha256")
-    if expected and sha256(path) != expected:
-        raise ValueError(f"{path} does not match its manifest checksum: the file is corrupt or truncated; reinstall priorshift")
+    _verify_checksum(path, config, config_path, bundled_priors().get(str(name_or_path), {}).get("sha256"))
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path} could not be read as safetensors ({e}); the file is corrupt or truncated") from None
-    net = UNet(UNetConfig.from_dict(config["unet"]))
+    try:
+        net = UNet(UNetConfig.from_dict(config["unet"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{config_path}: invalid architecture ({e}); the config is corrupt") from None
     try:
         net.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not match the architecture in {config_path.name}: {str(e).splitlines()[0]}") from None
     net.eval().requires_grad_(False)
+    _check_weights(path, state, net, config["unet"])
     pre = config.get("preconditioning", {})
     denoiser = EDMDenoiser(
         net,
@@ -118,6 +128,39 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     )
     denoiser.config = config
     return denoiser.to(device)
+
+
+def _verify_checksum(path: Path, config: dict, config_path: Path, manifest_sha: str | None) -> None:
+    """The file's SHA-256 against the manifest's (bundled priors) and the config's ``weights_sha256``."""
+    recorded = [(manifest_sha, "weights/manifest.json"), (config.get("weights_sha256"), config_path.name)]
+    recorded = [(h, where) for h, where in recorded if h]
+    if not recorded:
+        return
+    actual = sha256(path)
+    for expected, where in recorded:
+        if actual != expected:
+            fix = "reinstall priorshift" if path.parent == WEIGHTS_DIR else f"restore {path.name} (or retrain it)"
+            raise ValueError(f"{path}: SHA-256 {actual[:12]}… differs from the {expected[:12]}… recorded in {where}: the weights "
+                             f"file is corrupt or truncated, or not the one its config describes; {fix}")
+
+
+def _check_weights(path: Path, state: dict, net: UNet, unet_config: dict) -> None:
+    """Every tensor finite, and one forward pass on a fixed input finite: damage behind an intact header
+    (overwritten bytes decode as NaN/Inf or as huge values) is caught here, with the file named."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{path}: weight tensor {name!r} holds {bad} NaN/Inf value(s): the weights file is damaged "
+                             "(or the training that wrote it diverged); restore or retrain it")
+    size, channels = int(unet_config["image_size"]), int(unet_config["channels"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, size, size, generator=g)
+    c_noise = torch.log(torch.tensor([0.5, 20.0])) / 4  # EDM's c_noise at σ = 0.5 and 20
+    with torch.no_grad():
+        out = net(x, c_noise)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{path}: the network's output on a test input is NaN/Inf although every weight is finite: the "
+                         "weights file is damaged (or the training diverged); restore or retrain it")
 
 
 def _register_bundled() -> None:

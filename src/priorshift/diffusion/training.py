@@ -10,6 +10,7 @@ killed one stopped. The training state is checkpointed atomically every ``checkp
 from __future__ import annotations
 
 import copy
+import json
 import math
 import platform
 import time
@@ -26,7 +27,7 @@ from priorshift.diffusion.denoisers import EDMDenoiser
 from priorshift.diffusion.unet import UNet, UNetConfig
 from priorshift.io import atomic_write, atomic_write_json
 
-__all__ = ["TrainConfig", "edm_loss", "train"]
+__all__ = ["TrainConfig", "edm_loss", "train", "check_unet_config", "check_run_dir", "trained_steps"]
 
 
 @dataclass
@@ -47,6 +48,53 @@ class TrainConfig:
     checkpoint_every: int = 250
     grad_clip: float = 1.0
     unet: UNetConfig = field(default_factory=UNetConfig)
+
+    def validate(self) -> "TrainConfig":
+        """Raise a ``ValueError`` naming the first bad setting (called by :func:`train` before anything is written)."""
+        def integer(name, v, lo):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+        integer("steps", self.steps, 1)
+        integer("batch_size", self.batch_size, 1)
+        integer("checkpoint_every", self.checkpoint_every, 1)
+        integer("warmup_steps", self.warmup_steps, 0)
+        for name in ("lr", "sigma_data", "p_std", "grad_clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction!r}")
+        check_unet_config(self.unet)
+        return self
+
+
+MIN_IMAGE_SIZE = 8
+
+
+def check_unet_config(cfg: UNetConfig) -> UNetConfig:
+    """Raise a ``ValueError`` unless :class:`UNet` can be built from ``cfg`` and trained on its image size:
+    ``image_size >= 8`` and divisible by ``2^(levels - 1)``, positive widths that GroupNorm can split."""
+    widths = tuple(cfg.widths)
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"widths must be positive integers, finest level first (e.g. 16,32,64), got {widths}")
+    if isinstance(cfg.image_size, bool) or not isinstance(cfg.image_size, int) or cfg.image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {cfg.image_size!r}")
+    factor = 2 ** (len(widths) - 1)
+    if cfg.image_size % factor:
+        raise ValueError(f"image_size {cfg.image_size} must be divisible by {factor} for a UNet with {len(widths)} levels "
+                         f"(widths {','.join(map(str, widths))}); use a multiple of {factor} or fewer levels")
+    if cfg.image_size // factor < 2:
+        raise ValueError(f"image_size {cfg.image_size} leaves {cfg.image_size // factor}×{cfg.image_size // factor} pixels at the "
+                         f"lowest of {len(widths)} levels; use fewer levels or larger images")
+    if isinstance(cfg.channels, bool) or not isinstance(cfg.channels, int) or cfg.channels < 1:
+        raise ValueError(f"channels must be an integer >= 1, got {cfg.channels!r}")
+    bad = [w for w in widths if w % min(cfg.groups, w)]
+    if bad:
+        raise ValueError(f"widths {bad} are not divisible by the {cfg.groups} GroupNorm groups; use multiples of {cfg.groups}")
+    return cfg
 
 
 def edm_loss(denoiser: EDMDenoiser, x0: Tensor, generator: torch.Generator, p_mean: float, p_std: float, mask: Tensor | None = None) -> Tensor:
@@ -73,7 +121,8 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _save_state(out: Path, step: int, net, ema, opt, elapsed: float, cfg: TrainConfig, meta: dict) -> None:
+def _save_state(out: Path, step: int, net, ema, opt, elapsed: float, cfg: TrainConfig, meta: dict, loss_ema: float | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)  # created at the first checkpoint: a run that fails earlier leaves nothing
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
     names = dict(net.named_parameters())
@@ -83,14 +132,69 @@ def _save_state(out: Path, step: int, net, ema, opt, elapsed: float, cfg: TrainC
             if key in st:
                 tensors[f"adam.{key}.{k}"] = st[key].detach().cpu().contiguous()
     atomic_write(out / "train_state.safetensors", lambda tmp: save_file(tensors, tmp))
-    atomic_write_json(out / "train_state.json", {"step": step, "elapsed_s": elapsed, "config": _cfg_dict(cfg), **meta})
+    atomic_write_json(out / "train_state.json", {"step": step, "elapsed_s": elapsed, "config": _cfg_dict(cfg), "loss_ema": loss_ema, **meta})
+
+
+def _read_state_info(out: Path) -> dict:
+    try:
+        return json.loads((out / "train_state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{out / 'train_state.json'} cannot be read ({e}); delete the run directory {out} to start over") from None
+
+
+# Settings a resumed run may change: the length of the run (the bundled priors were resumed with a shortened
+# schedule, see weights/manifest.json) and how often it checkpoints. Anything else would mix two runs.
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every"}
+
+
+def _check_resume(out: Path, info: dict, cfg: TrainConfig, meta: dict) -> None:
+    """Refuse to resume a run directory whose run differs from this one in anything but ``_RESUMABLE_CHANGES``."""
+    old, new = dict(info.get("config", {})), json.loads(json.dumps(_cfg_dict(cfg)))  # as JSON stores it (tuples → lists)
+    changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    old_data, new_data = (info.get("dataset") or {}).get("sha256_16"), (meta.get("dataset") or {}).get("sha256_16")
+    if old_data and new_data and old_data != new_data:
+        changed.append("training data")
+    if changed:
+        detail = ", ".join(f"{k} {old.get(k)!r} → {new.get(k)!r}" if k in old or k in new else k for k in changed)
+        raise ValueError(f"{out} holds another training run (differs in {detail}); resuming would mix the two runs — "
+                         "choose another --out, or delete that directory to start over")
+    step = int(info.get("step", 0))
+    if step > cfg.steps:
+        raise ValueError(f"{out} holds a run already at step {step}, past the {cfg.steps} steps asked for; ask for >= {step} steps or choose another --out")
+
+
+def check_run_dir(out: str | Path, cfg: TrainConfig, meta: dict | None = None) -> dict | None:
+    """Check that ``out`` can hold this run: a new or empty directory, or one holding the same run to resume
+    (see :func:`train`). Returns the saved state's info when there is one to resume, else ``None``. Writes
+    nothing; ``meta`` without a dataset digest skips the data comparison (the CLI checks before loading data)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is an existing file; give a run directory")
+    if (out / "train_state.json").exists():
+        info = _read_state_info(out)
+        _check_resume(out, info, cfg, dict(meta or {}))
+        return info
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty and holds no training run (no train_state.json); choose a new or empty run directory")
+    return None
+
+
+def trained_steps(out: str | Path) -> int | None:
+    """The step the run directory ``out`` has checkpointed (``None``: no run there)."""
+    path = Path(out) / "train_state.json"
+    return int(_read_state_info(Path(out)).get("step", 0)) if path.exists() else None
 
 
 def _load_state(out: Path, net, ema, opt) -> tuple[int, float]:
-    import json
-
-    info = json.loads((out / "train_state.json").read_text())
-    tensors = load_file(str(out / "train_state.safetensors"))
+    info = _read_state_info(out)
+    try:
+        tensors = load_file(str(out / "train_state.safetensors"))
+    except Exception as e:  # safetensors raises its own error type and OSError
+        raise ValueError(f"{out / 'train_state.safetensors'} cannot be read ({e}); delete the run directory {out} to start over") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{out / 'train_state.safetensors'}: tensor {bad[0]!r} holds NaN/Inf; the checkpoint is damaged — "
+                         f"delete the run directory {out} to start over")
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     step = int(info["step"])
@@ -104,6 +208,15 @@ def _load_state(out: Path, net, ema, opt) -> tuple[int, float]:
     return step, float(info.get("elapsed_s", 0.0))
 
 
+def _check_finite_weights(net, step: int, cfg: TrainConfig, fp16: bool = False) -> None:
+    """Refuse to checkpoint or ship weights that are NaN/Inf (or, for the float16 prior, beyond its range)."""
+    limit = torch.finfo(torch.float16).max if fp16 else float("inf")
+    for name, p in net.state_dict().items():
+        if p.is_floating_point() and not bool((p.abs() < limit).all()):
+            raise ValueError(f"training diverged: weight {name!r} is {'beyond float16 range or ' if fp16 else ''}NaN/Inf at step {step} "
+                             f"(lr {cfg.lr:g}); nothing was saved for this step — lower the learning rate and start a new run")
+
+
 def _cfg_dict(cfg: TrainConfig) -> dict:
     d = asdict(cfg)
     d["unet"] = cfg.unet.to_dict()
@@ -111,32 +224,59 @@ def _cfg_dict(cfg: TrainConfig) -> dict:
 
 
 def train(
-    cfg: TrainConfig, data: Tensor, out: str | Path, *, meta: dict | None = None, progress: bool = True, stop_at: int | None = None
+    cfg: TrainConfig, data: Tensor, out: str | Path, *, meta: dict | None = None, progress: bool = True, stop_at: int | None = None,
+    init: dict | None = None, mask: Tensor | None = None,
 ) -> Path | None:
     """Train on ``data`` ((N, C, H, W) in [-1, 1]) into directory ``out``; resume if a state is there.
 
     Returns the path of the written prior ``out/NAME.safetensors`` (EMA weights + JSON config).
     ``meta`` (dataset description, command line, ...) is stored in the config. ``stop_at``: checkpoint and
     return ``None`` after that step, as if killed there (for tests and time-boxed sessions).
+    ``init``: a network state dict to start from instead of the seeded fresh UNet (fine-tuning); ``mask``:
+    per-image loss masks (N, 1 or C, H, W), 1 = observed, restricting the EDM loss to observed pixels
+    (training from inpainting measurements; both used by :mod:`priorshift.adapt`).
+
+    Everything is validated before anything is written (the config, the data: finite, in [-1, 1], the
+    architecture's shape; the run directory), and ``out`` is created at the first checkpoint, so a run that
+    fails early leaves nothing behind. A run directory is resumed only when it holds the same run (same
+    config, same data digest in ``meta["dataset"]["sha256_16"]``; ``steps`` may grow); a finished run is not
+    retrained or rewritten. A non-finite loss stops the run with an error before the step is applied.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
-    if data.ndim != 4 or data.shape[1] != cfg.unet.channels or data.shape[-1] != cfg.unet.image_size:
+    cfg.validate()
+    if data.ndim != 4 or data.shape[1] != cfg.unet.channels or data.shape[-1] != cfg.unet.image_size or data.shape[-2] != cfg.unet.image_size:
         raise ValueError(f"training data must be (N, {cfg.unet.channels}, {cfg.unet.image_size}, {cfg.unet.image_size}); got {tuple(data.shape)}")
+    if data.shape[0] < 1:
+        raise ValueError("training data holds 0 images")
+    if mask is not None and (mask.ndim != 4 or mask.shape[0] != data.shape[0] or mask.shape[1] not in (1, data.shape[1]) or mask.shape[-2:] != data.shape[-2:]):
+        raise ValueError(f"mask must be (N, 1 or C, H, W) aligned with the data {tuple(data.shape)}; got {tuple(mask.shape)}")
+    if not bool(torch.isfinite(data).all()):
+        raise ValueError(f"training data contains {int((~torch.isfinite(data)).sum())} NaN/Inf value(s); clean it first")
+    lo, hi = float(data.min()), float(data.max())
+    if lo < -1.0001 or hi > 1.0001:
+        raise ValueError(f"training data spans [{lo:.4g}, {hi:.4g}]: images must be in [-1, 1] (for [0, 255] data: x / 127.5 - 1)")
+    resume = check_run_dir(out, cfg, meta)
+    prior_path = out / f"{cfg.name}.safetensors"
+    if resume is not None and int(resume.get("step", 0)) == cfg.steps and prior_path.exists() and prior_path.with_suffix(".json").exists():
+        print(f"priorshift train: {out} is already trained ({cfg.steps}/{cfg.steps} steps); nothing to do")
+        return prior_path
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(cfg.seed)
         net = UNet(cfg.unet)
+    if init is not None:
+        net.load_state_dict(init)
     ema = copy.deepcopy(net).requires_grad_(False)
     denoiser = EDMDenoiser(net, sigma_data=cfg.sigma_data)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     step, elapsed = 0, 0.0
-    if (out / "train_state.json").exists():
+    if resume is not None:
         step, elapsed = _load_state(out, net, ema, opt)
         print(f"priorshift train: resuming {out} from step {step}/{cfg.steps}")
     n = data.shape[0]
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train {cfg.name}", unit="step", dynamic_ncols=True)
-    loss_avg = rate_avg = None
+    loss_avg = None if resume is None else resume.get("loss_ema")
+    rate_avg = None
     t_last = time.perf_counter()
     while step < cfg.steps:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -144,7 +284,11 @@ def train(
         x0 = data[idx].float()
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
-        loss = edm_loss(denoiser, x0, gen, cfg.p_mean, cfg.p_std)
+        loss = edm_loss(denoiser, x0, gen, cfg.p_mean, cfg.p_std, mask=None if mask is None else mask[idx].float())
+        if not bool(torch.isfinite(loss)):
+            bar.close()
+            raise ValueError(f"the training loss is {loss.item()} at step {step + 1}: the run diverged (lr {cfg.lr:g} too high?); "
+                             f"it was not applied — the last checkpoint in {out} (if any) is intact; lower the learning rate and start a new run")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -166,11 +310,14 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{loss_avg:.4f}", img_s=f"{rate_avg:.0f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_at:
-            _save_state(out, step, net, ema, opt, elapsed, cfg, meta)
+            _check_finite_weights(net, step, cfg)
+            _save_state(out, step, net, ema, opt, elapsed, cfg, meta, loss_avg)
         if step == stop_at:
             bar.close()
             return None
     bar.close()
+    _check_finite_weights(ema, step, cfg, fp16=True)
+    out.mkdir(parents=True, exist_ok=True)
     config = {
         "name": cfg.name,
         "architecture": "unet",

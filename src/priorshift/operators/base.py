@@ -5,6 +5,11 @@ and may override ``A_pinv`` (a pseudo-inverse / reconstruction used to initializ
 ``check_x`` / ``check_y`` (shape checks). The base class provides noisy measurement draws with explicit,
 per-image randomness, a generic (optionally damped) least-squares pseudo-inverse by conjugate gradients, and
 ``adjoint_error`` (the quantity the tests bound).
+
+Images enter the library's measurement path through ``operator(x)`` (:meth:`LinearOperator.__call__`), and
+that is where their value range is checked (:meth:`LinearOperator.check_image_range`): integer tensors and
+values with ``max |x| > IMAGE_ABS_LIMIT`` (50) are refused with a message saying to rescale to [-1, 1]. ``A``
+itself does not check the range: samplers apply it to noisy iterates ``x_σ`` whose values reach ``3σ_max``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from torch import Tensor
 from priorshift._checks import check_image, check_tensor
 from priorshift.rng import per_image_rng
 
-__all__ = ["LinearOperator", "adjoint_error"]
+__all__ = ["LinearOperator", "adjoint_error", "IMAGE_ABS_LIMIT"]
+
+IMAGE_ABS_LIMIT = 50.0
+"""The largest ``|x|`` an image handed to ``operator(x)`` may hold. Images live in [-1, 1]; the analytic test
+priors draw Gaussian images whose tails reach several standard deviations (a few units), so the bound is loose
+on purpose: it catches data left in [0, 255], [0, 65535] or Hounsfield units, not slightly-out-of-range
+images. Data in [0, 1] cannot be told from [-1, 1] data by its range and passes: convert it at the data
+boundary (``priorshift.data.npy_stack`` and the CLI read float data within [0, 1] as [0, 1], and say so)."""
 
 
 class LinearOperator:
@@ -78,7 +90,11 @@ class LinearOperator:
 
     # -- measurements ---------------------------------------------------------------------------------
     def __call__(self, x: Tensor, seed: Any = None) -> Tensor:
-        """A noisy measurement ``A x + noise_std · n``; ``seed`` as in :func:`priorshift.rng.per_image_rng`."""
+        """A noisy measurement ``A x + noise_std · n``; ``seed`` as in :func:`priorshift.rng.per_image_rng`.
+
+        ``x``: clean images ``(B, C, H, W)`` in [-1, 1] — checked by :meth:`check_image_range` (this is where
+        images enter the measurement path) and by :meth:`check_x` (shape)."""
+        self.check_image_range(x)
         self.check_x(x)
         y = self.A(x)
         if self.noise_std > 0:
@@ -87,6 +103,33 @@ class LinearOperator:
         return y
 
     # -- validation -----------------------------------------------------------------------------------
+    @staticmethod
+    def check_image_range(x, name: str = "x") -> Tensor:
+        """Refuse images that are plainly not in the library's [-1, 1] convention: an integer (or bool) tensor,
+        or finite values with ``max |x| > IMAGE_ABS_LIMIT`` — data in [0, 255] or [0, 65535], Hounsfield units.
+
+        Deliberately loose (see :data:`IMAGE_ABS_LIMIT`): values a little outside [-1, 1] pass, and so does data
+        in [0, 1], which cannot be told from [-1, 1] data by its range — rescale such data with ``2 x - 1``
+        yourself (the data loaders do it for float files within [0, 1])."""
+        if isinstance(x, Tensor) and not (x.is_floating_point() or x.is_complex()):
+            hint = " (8-bit data: x.float() / 127.5 - 1)" if x.dtype == torch.uint8 else ""
+            raise ValueError(f"{name} has dtype {x.dtype}: images must be float tensors in [-1, 1]; convert and rescale them first{hint}")
+        if isinstance(x, Tensor) and x.numel():
+            finite = x[torch.isfinite(x)] if not bool(torch.isfinite(x).all()) else x
+            peak = float(finite.abs().max()) if finite.numel() else 0.0
+            if peak > IMAGE_ABS_LIMIT:
+                if x.is_complex():
+                    span, hint = f"of magnitude up to {peak:.4g}", "x / max|x|"
+                else:
+                    lo, hi = float(finite.min()), float(finite.max())
+                    span = f"in [{lo:.4g}, {hi:.4g}]"
+                    hint = "x / 127.5 - 1" if lo >= 0 and hi <= 255 else "2 (x - lo) / (hi - lo) - 1, or a fixed window"
+                raise ValueError(
+                    f"{name} has values {span}: images must be in [-1, 1] (|x| <= {IMAGE_ABS_LIMIT:g} is accepted); "
+                    f"rescale them first, e.g. {hint}"
+                )
+        return x
+
     def check_x(self, x: Tensor) -> Tensor:
         """Raise a clear ``ValueError`` unless ``x`` is an image batch this operator accepts."""
         return check_image(x, "x")

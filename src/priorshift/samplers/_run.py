@@ -16,7 +16,7 @@ from priorshift.diffusion.denoisers import as_counting
 from priorshift.rng import per_image_rng
 from priorshift.types import Hook, SampleResult, StepState
 
-__all__ = ["SamplerRun", "prior_step", "heun_step", "likelihood_stages"]
+__all__ = ["SamplerRun", "prior_step", "heun_step", "likelihood_stages", "uses_noise_std"]
 
 
 def likelihood_stages(*labels: str):
@@ -28,6 +28,24 @@ def likelihood_stages(*labels: str):
 
     def decorator(fn):
         fn.likelihood_stages = tuple(labels)
+        return fn
+
+    return decorator
+
+
+def uses_noise_std(flag: bool):
+    """Declare whether a sampler reads ``operator.noise_std`` (the measurement noise level ``σ_y``).
+
+    ``True``: the noise level changes the samples (the projection sampler's noise-aware ``A⁺_σ``, the exact
+    posterior). ``False``: the sampler ignores it (normalised or fixed-step DPS and Langevin, whose step size is
+    ``ζ``, not ``σ_y``; the unconditional sampler). Read it as ``getattr(fn, "uses_noise_std", None)`` (``None``:
+    a sampler registered without the declaration — unknown). ``priorshift score --measurements`` refuses an
+    explicit ``noise=`` in the operator spec for a sampler that declares ``False``: there the setting would be
+    accepted and have no effect.
+    """
+
+    def decorator(fn):
+        fn.uses_noise_std = bool(flag)
         return fn
 
     return decorator

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from priorshift.registry import register
-from priorshift.samplers._run import SamplerRun, likelihood_stages, prior_step
+from priorshift.samplers._run import SamplerRun, likelihood_stages, prior_step, uses_noise_std
 from priorshift.types import SampleResult
 
 __all__ = ["sample_dps", "dps_gradient"]
@@ -47,6 +47,7 @@ def dps_gradient(D, operator, x, sigma_vec, y_rep, *, jacobian: bool, normalize:
 
 @register("sampler", "dps")
 @likelihood_stages("dps")
+@uses_noise_std(False)
 def sample_dps(
     denoiser,
     operator,

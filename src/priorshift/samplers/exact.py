@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from priorshift.registry import register
-from priorshift.samplers._run import SamplerRun, heun_step, likelihood_stages, prior_step
+from priorshift.samplers._run import SamplerRun, heun_step, likelihood_stages, prior_step, uses_noise_std
 from priorshift.types import SampleResult
 
 __all__ = ["sample_exact"]
@@ -19,6 +19,7 @@ __all__ = ["sample_exact"]
 
 @register("sampler", "exact")
 @likelihood_stages("exact")
+@uses_noise_std(True)
 @torch.no_grad()
 def sample_exact(
     denoiser,

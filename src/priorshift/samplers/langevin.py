@@ -18,7 +18,7 @@ import torch
 
 from priorshift.diffusion.denoisers import score_from_denoised
 from priorshift.registry import register
-from priorshift.samplers._run import SamplerRun, likelihood_stages
+from priorshift.samplers._run import SamplerRun, likelihood_stages, uses_noise_std
 from priorshift.samplers.dps import dps_gradient
 from priorshift.types import SampleResult
 
@@ -27,6 +27,7 @@ __all__ = ["sample_langevin"]
 
 @register("sampler", "langevin")
 @likelihood_stages("dps")
+@uses_noise_std(False)
 def sample_langevin(
     denoiser,
     operator,

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from priorshift.diffusion.denoisers import score_from_denoised
 from priorshift.registry import register
-from priorshift.samplers._run import SamplerRun, likelihood_stages, prior_step
+from priorshift.samplers._run import SamplerRun, likelihood_stages, prior_step, uses_noise_std
 from priorshift.types import SampleResult
 
 __all__ = ["sample_projection", "SpectralPinv"]
@@ -106,6 +106,7 @@ def _spectral_pinv(operator, y: Tensor) -> SpectralPinv:
 
 @register("sampler", "projection")
 @likelihood_stages("corrector", "predictor")
+@uses_noise_std(True)
 @torch.no_grad()
 def sample_projection(
     denoiser,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from priorshift.registry import register
-from priorshift.samplers._run import SamplerRun, heun_step, likelihood_stages, prior_step
+from priorshift.samplers._run import SamplerRun, heun_step, likelihood_stages, prior_step, uses_noise_std
 from priorshift.types import SampleResult
 
 __all__ = ["sample_unconditional"]
@@ -13,6 +13,7 @@ __all__ = ["sample_unconditional"]
 
 @register("sampler", "unconditional")
 @likelihood_stages()
+@uses_noise_std(False)
 @torch.no_grad()
 def sample_unconditional(
     denoiser,

@@ -1,0 +1,455 @@
+"""Prior alignment from measurements only (Shoushtari et al., arXiv 2505.11482, §2.3 of research/algorithms.md):
+fine-tune a mismatched diffusion prior on a few measured images so that its score moves towards the data's.
+
+**Loss.** The EDM loss (Karras et al. 2022) with the measurement in place of the clean image:
+
+* inpainting, ``y = m ⊙ x + e``: ``E λ(σ) ‖(D(m ⊙ y + σ n, σ) − m ⊙ y) ⊙ m‖² / Σ m`` — the loss is restricted
+  to the observed pixels (:func:`priorshift.diffusion.training.edm_loss` with ``mask=m``); missing pixels are
+  0 in the input (the official code's fill 0.5 in [0, 1]); each measurement keeps its own mask;
+* single-coil Cartesian MRI, ``y = M F x + e``: the plain EDM loss on the zero-filled image ``Re(Fᴴ M y)``
+  (the paper's recipe; aliasing is learnt as part of the images, which is why the MRI alignment is weaker).
+
+Targets are clipped to [-1, 1] (noise on bright pixels, Gibbs overshoot of zero-filled images) — training
+data must lie there.
+
+**Optimisation.** Adam, a short warm-up then a constant learning rate, an EMA of the weights (what is
+evaluated and shipped), gradient clipping — :func:`priorshift.diffusion.training.train` itself, started from the
+mismatched prior's weights (``init=``) and run tick by tick (``stop_at=``), so that its resumable, atomic
+checkpoints are reused as they are. After every tick (``eval_every`` steps) the EMA is scored on a held-out
+split of the measurements (the same masked loss, with fixed noise and σ draws — common random numbers, so
+successive ticks differ by the change of the weights only). **Early stopping**: stop after ``patience`` ticks
+without a relative improvement of ``min_improvement``, or at ``steps``; the best tick's EMA is the result.
+The paper stops on the training loss (patience 3 ticks, 1e-3) and on gradient-norm blow-ups; a held-out
+split is the sounder rule with 64–128 images.
+
+**Files** in ``out``: ``NAME.safetensors`` + ``NAME.json`` (the best EMA so far, written atomically at each
+improvement; a loadable prior from the first tick on), ``adapt_state.json`` (history and early-stopping
+state, atomic), ``train/`` (the training run's checkpoint). A killed run resumes where it stopped and ends
+exactly as an uninterrupted one; a finished run is not retrained.
+
+``priorshift adapt`` is this module's command (:func:`add_parser`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import math
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["AdaptConfig", "AdaptResult", "MeasuredSet", "measured_set", "simulate_measurements", "adapt_prior", "add_parser", "KINDS"]
+
+KINDS = ("inpainting", "mri")
+
+
+# -- the measured training set ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MeasuredSet:
+    """What alignment trains on. ``targets``: ``(N, C, H, W)`` float32 in [-1, 1], the back-projected
+    measurements; ``masks``: ``(N, 1, H, W)`` 0/1 loss masks (inpainting, 1 = observed) or ``None`` (MRI:
+    unmasked loss); ``kind``: ``"inpainting"`` or ``"mri"``."""
+
+    targets: Tensor
+    masks: Tensor | None
+    kind: str
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def digest(self) -> str:
+        h = hashlib.sha256(self.targets.contiguous().numpy().tobytes())
+        if self.masks is not None:
+            h.update(self.masks.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def subset(self, idx: Tensor) -> "MeasuredSet":
+        return MeasuredSet(self.targets[idx], None if self.masks is None else self.masks[idx], self.kind)
+
+
+def _check_01(masks: Tensor, name: str = "masks") -> Tensor:
+    from priorshift._checks import check_tensor
+
+    if isinstance(masks, Tensor) and masks.dtype == torch.bool:
+        masks = masks.float()
+    check_tensor(masks, name)
+    if not bool(((masks == 0) | (masks == 1)).all()):
+        raise ValueError(f"{name} must contain only 0 (missing) and 1 (observed)")
+    return masks
+
+
+def measured_set(kind: str, y: Tensor, masks: Tensor) -> MeasuredSet:
+    """Build the training set from measurements ``y`` and their masks (1 = observed / sampled).
+
+    * ``"inpainting"``: ``y`` (N, C, H, W); ``masks`` (H, W), (1, H, W), (N, H, W) or (N, 1, H, W);
+    * ``"mri"``: ``y`` (N, C, H, W, 2) centred k-space (real, imaginary); ``masks`` (H, W) or (N, H, W).
+    """
+    from priorshift._checks import check_tensor
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown measurement kind {kind!r}; choose one of {', '.join(KINDS)}")
+    masks = _check_01(masks)
+    if kind == "inpainting":
+        check_tensor(y, "y", ndim=4)
+        n, c, h, w = y.shape
+        m = masks
+        if m.ndim == 2:
+            m = m[None, None]
+        elif m.ndim == 3:
+            m = m.unsqueeze(1)
+        if m.ndim != 4 or m.shape[1] != 1 or m.shape[-2:] != (h, w) or m.shape[0] not in (1, n):
+            raise ValueError(f"masks of shape {tuple(masks.shape)} do not fit inpainting measurements {tuple(y.shape)}: give (H, W), (N, H, W) or (N, 1, H, W)")
+        m = m.expand(n, 1, h, w).float().contiguous()
+        targets = (y.float() * m).clamp(-1, 1)
+        return MeasuredSet(targets, m, kind)
+    check_tensor(y, "y", ndim=5)
+    n, c, h, w, two = y.shape
+    if two != 2:
+        raise ValueError(f"MRI measurements must be (N, C, H, W, 2) (real, imaginary last), got {tuple(y.shape)}")
+    m = masks
+    while m.ndim > 3 and m.shape[1] == 1:
+        m = m[:, 0]
+    if m.ndim == 2:
+        m = m.unsqueeze(0)
+    if m.ndim != 3 or m.shape[-2:] != (h, w) or m.shape[0] not in (1, n):
+        raise ValueError(f"masks of shape {tuple(masks.shape)} do not fit MRI measurements {tuple(y.shape)}: give (H, W) or (N, H, W)")
+    k = torch.view_as_complex(y.double().contiguous()) * m.double().unsqueeze(1)
+    zf = torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)), norm="ortho").real
+    return MeasuredSet(zf.float().clamp(-1, 1), None, kind)
+
+
+def simulate_measurements(
+    kind: str, images: Tensor, *, seed=0, p: float = 0.8, block: int = 4, acceleration: float = 4.0, center_lines: int | None = None,
+    noise_std: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Measure clean ``images`` (N, C, H, W) for experiments: each image its own random mask and noise,
+    drawn from its seed (:func:`priorshift.rng.per_image_rng`). Returns ``(y, masks)``: inpainting
+    ``y`` (N, C, H, W), masks (N, 1, H, W) of ``block``-pixel tiles observed with probability ``p``; MRI ``y``
+    (N, C, H, W, 2), masks (N, H, W) (:func:`priorshift.operators.cartesian_mask`)."""
+    from priorshift._checks import check_image
+    from priorshift.operators import cartesian_mask, random_block_mask
+    from priorshift.rng import per_image_rng
+
+    check_image(images, "images")
+    if kind not in KINDS:
+        raise ValueError(f"unknown measurement kind {kind!r}; choose one of {', '.join(KINDS)}")
+    n, c, h, w = images.shape
+    rng = per_image_rng(seed, n, images.device)
+    if kind == "inpainting":
+        masks = torch.stack([random_block_mask((h, w), block, p, generator=g) for g in rng.generators]).to(images.dtype)
+        y = images * masks
+        if noise_std > 0:
+            y = y + noise_std * rng.randn((c, h, w), dtype=images.dtype)
+        return y, masks
+    center = max(1, w // 8) if center_lines is None else int(center_lines)
+    masks = torch.stack([cartesian_mask((h, w), acceleration, center, generator=g) for g in rng.generators]).to(images.dtype)
+    k = torch.view_as_real(torch.fft.fftshift(torch.fft.fft2(images, norm="ortho"), dim=(-2, -1)))
+    if noise_std > 0:
+        k = k + noise_std * rng.randn((c, h, w, 2), dtype=images.dtype)
+    return k * masks[:, None, :, :, None], masks
+
+
+# -- configuration and result ----------------------------------------------------------------------------
+@dataclass
+class AdaptConfig:
+    """Everything that defines an alignment run (stored in ``adapt_state.json`` and the prior's JSON)."""
+
+    name: str = "aligned"
+    steps: int = 2000  # at most; early stopping usually ends sooner
+    batch_size: int = 8
+    lr: float = 1e-4
+    warmup_steps: int = 20
+    ema_decay: float = 0.99
+    grad_clip: float = 1.0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    seed: int = 0
+    eval_every: int = 50  # steps per tick
+    patience: int = 3  # ticks without improvement before stopping
+    min_improvement: float = 1e-3  # relative
+    val_fraction: float = 0.25  # held-out share of the measurements
+    val_draws: int = 8  # noise/σ draws per held-out measurement
+
+    def validate(self) -> "AdaptConfig":
+        def integer(name, lo):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+        for name, lo in (("steps", 1), ("batch_size", 1), ("warmup_steps", 0), ("eval_every", 1), ("patience", 1), ("val_draws", 1)):
+            integer(name, lo)
+        for name in ("lr", "grad_clip", "p_std"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if not (math.isfinite(self.min_improvement) and self.min_improvement >= 0):
+            raise ValueError(f"min_improvement must be a finite number >= 0, got {self.min_improvement!r}")
+        if not self.name or "/" in self.name or self.name.startswith("train_state"):
+            raise ValueError(f"name must be a plain file name, got {self.name!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    """``path``: the aligned prior (``NAME.safetensors``); ``history``: ``[(step, held-out loss), ...]`` from step
+    0 (the mismatched prior) on; ``best_step`` / ``best_val_loss``: the tick that was kept; ``stopped``: why."""
+
+    path: Path
+    history: list
+    best_step: int
+    best_val_loss: float
+    initial_val_loss: float
+    stopped: str
+    n_train: int
+    n_val: int
+    steps_run: int
+    extras: dict = field(default_factory=dict)
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+def _unet_and_config(prior):
+    from priorshift.diffusion.denoisers import CountingDenoiser, EDMDenoiser
+    from priorshift.diffusion.unet import UNet
+
+    if isinstance(prior, CountingDenoiser):
+        prior = prior.denoiser
+    if not isinstance(prior, EDMDenoiser) or not isinstance(prior.net, UNet):
+        raise ValueError("alignment fine-tunes a priorshift UNet prior (an EDMDenoiser from load_prior or train); got " + type(prior).__name__)
+    if tuple(prior.data_range) != (-1.0, 1.0):
+        raise ValueError(f"the prior was trained on data range {prior.data_range}; fine-tuning supports [-1, 1] priors only")
+    return prior, prior.net.config
+
+
+def _split(n: int, cfg: AdaptConfig) -> tuple[Tensor, Tensor]:
+    if n < 2:
+        raise ValueError(f"alignment needs at least 2 measured images (a training and a held-out split), got {n}")
+    n_val = min(n - 1, max(1, round(cfg.val_fraction * n)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 0x5EED))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def _val_loss(denoiser, val: MeasuredSet, cfg: AdaptConfig) -> float:
+    from priorshift.diffusion.training import edm_loss
+
+    total = 0.0
+    with torch.no_grad():
+        for r in range(cfg.val_draws):
+            gen = torch.Generator().manual_seed(cfg.seed * 7919 + 10_007 * (r + 1))  # the same draws at every tick
+            total += float(edm_loss(denoiser, val.targets, gen, cfg.p_mean, cfg.p_std, mask=val.masks))
+    return total / cfg.val_draws
+
+
+def _ema_denoiser(run: Path, base, unet_cfg):
+    from safetensors.torch import load_file
+
+    from priorshift.diffusion.denoisers import EDMDenoiser
+    from priorshift.diffusion.unet import UNet
+
+    tensors = load_file(str(run / "train_state.safetensors"))
+    net = UNet(unet_cfg)
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    net.eval().requires_grad_(False)
+    return EDMDenoiser(net, sigma_data=base.sigma_data, sigma_min=base.sigma_min, sigma_max=base.sigma_max,
+                       image_size=base.image_size, channels=base.channels)
+
+
+def _trained_steps(run: Path) -> int:
+    path = run / "train_state.json"
+    return int(json.loads(path.read_text()).get("step", 0)) if path.exists() else 0
+
+
+def adapt_prior(
+    prior, data: MeasuredSet, out: str | Path, cfg: AdaptConfig | None = None, *, meta: dict | None = None, progress: bool = False,
+    stop_at: int | None = None,
+) -> AdaptResult | None:
+    """Fine-tune ``prior`` (a priorshift UNet prior) on the measured set ``data`` into the directory ``out``.
+
+    Returns an :class:`AdaptResult` (the aligned prior is ``result.path``), or ``None`` when ``stop_at`` (a step)
+    was reached first — as if killed there; calling again resumes. ``meta`` (where the measurements and the
+    prior came from, the command line) is stored in the prior's JSON. Everything is validated before anything
+    is written; ``out`` must be new, empty, or hold this same run.
+    """
+    from priorshift.diffusion.checkpoint import save_prior
+    from priorshift.diffusion.training import TrainConfig, train
+    from priorshift.io import atomic_write_json
+
+    cfg = (cfg or AdaptConfig()).validate()
+    base, unet_cfg = _unet_and_config(prior)
+    if not isinstance(data, MeasuredSet):
+        raise ValueError("data must be a MeasuredSet (see measured_set / simulate_measurements)")
+    if tuple(data.targets.shape[1:]) != (unet_cfg.channels, unet_cfg.image_size, unet_cfg.image_size):
+        raise ValueError(f"the measurements back-project to {tuple(data.targets.shape[1:])} images but the prior is "
+                         f"{unet_cfg.channels}×{unet_cfg.image_size}×{unet_cfg.image_size}")
+    train_idx, val_idx = _split(len(data), cfg)
+    tr, va = data.subset(train_idx), data.subset(val_idx)
+    out = Path(out)
+    run = out / "train"
+    state_path = out / "adapt_state.json"
+    prior_path = out / f"{cfg.name}.safetensors"
+    identity = {"config": asdict(cfg), "data_sha256_16": data.digest(), "kind": data.kind, "n": len(data)}
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is an existing file; give a directory")
+    state = None
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        if state.get("identity") != json.loads(json.dumps(identity)):
+            raise ValueError(f"{out} holds another alignment run (different settings or measurements); choose another directory or delete it")
+    elif out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty and holds no alignment run (no adapt_state.json); choose a new or empty directory")
+    source = dict(getattr(base, "config", None) or {})
+    prior_config = {k: v for k, v in source.items() if k not in ("format", "unet", "weights_dtype", "name")}
+    tcfg = TrainConfig(
+        name=cfg.name, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, final_lr_fraction=1.0,
+        ema_decay=cfg.ema_decay, p_mean=cfg.p_mean, p_std=cfg.p_std, sigma_data=base.sigma_data, seed=cfg.seed,
+        checkpoint_every=cfg.eval_every, grad_clip=cfg.grad_clip, unet=unet_cfg,
+    )
+    train_meta = {"dataset": {"sha256_16": tr.digest(), "n": len(tr), "kind": data.kind}, "adaptation_of": source.get("name")}
+
+    def write_best(net, step: int, val: float, history) -> None:
+        config = {**prior_config, "name": cfg.name, "adapted_from": source.get("name"), **dict(meta or {}),
+                  "adaptation": {"kind": data.kind, "n_train": len(tr), "n_val": len(va), "best_step": step, "best_val_loss": val,
+                                 "history": history, "config": asdict(cfg), "data_sha256_16": data.digest()}}
+        save_prior(prior_path, net, config)
+
+    if state is None:
+        v0 = _val_loss(base, va, cfg)
+        state = {"identity": identity, "history": [[0, v0]], "best_step": 0, "best_val_loss": v0, "bad_ticks": 0, "step": 0,
+                 "finished": False, "stopped": None}
+        out.mkdir(parents=True, exist_ok=True)
+        write_best(base.net, 0, v0, state["history"])
+        atomic_write_json(state_path, state)
+    init = {k: v.detach().clone() for k, v in base.net.state_dict().items()}
+    while not state["finished"]:
+        target = min(state["step"] + cfg.eval_every, cfg.steps)
+        if _trained_steps(run) < target:
+            sink = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
+            with sink:
+                train(tcfg, tr.targets, run, meta=train_meta, progress=progress, stop_at=target, init=init, mask=tr.masks)
+        ema = _ema_denoiser(run, base, unet_cfg)
+        val = _val_loss(ema, va, cfg)
+        state["history"].append([target, val])
+        if val < state["best_val_loss"] * (1 - cfg.min_improvement):
+            state.update(best_step=target, best_val_loss=val, bad_ticks=0)
+            write_best(ema.net, target, val, state["history"])
+        else:
+            state["bad_ticks"] += 1
+        state["step"] = target
+        if state["bad_ticks"] >= cfg.patience:
+            state.update(finished=True, stopped=f"early stop: no {cfg.min_improvement:g} relative improvement of the held-out loss in {cfg.patience} ticks")
+        elif target >= cfg.steps:
+            state.update(finished=True, stopped=f"reached steps = {cfg.steps}")
+        if progress:
+            print(f"priorshift adapt: step {target}: held-out loss {val:.5f} (best {state['best_val_loss']:.5f} at step {state['best_step']})")
+        atomic_write_json(state_path, state)
+        if not state["finished"] and stop_at is not None and target >= stop_at:
+            return None
+    if not json.loads(prior_path.with_suffix(".json").read_text()).get("adaptation", {}).get("stopped"):
+        # the final record: rewrite the best prior's JSON with the full history and why the run stopped
+        from priorshift.diffusion.checkpoint import load_prior
+
+        best = load_prior(prior_path)
+        config = dict(best.config)
+        config["adaptation"] = {**config["adaptation"], "history": state["history"], "stopped": state["stopped"], "steps_run": state["step"]}
+        save_prior(prior_path, best.net, {k: v for k, v in config.items() if k not in ("format", "unet", "weights_dtype")})
+    return AdaptResult(
+        path=prior_path, history=[tuple(h) for h in state["history"]], best_step=int(state["best_step"]), best_val_loss=float(state["best_val_loss"]),
+        initial_val_loss=float(state["history"][0][1]), stopped=state["stopped"], n_train=len(tr), n_val=len(va), steps_run=int(state["step"]),
+    )
+
+
+# -- the command -------------------------------------------------------------------------------------------
+def _load_array(path: str, what: str) -> Tensor:
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise ValueError(f"{what} file {path!r} does not exist")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{what} file {path!r} cannot be read as a plain .npy array ({e})") from None
+    if arr.size == 0:
+        raise ValueError(f"{what} file {path!r} is empty")
+    return torch.from_numpy(np.ascontiguousarray(arr)).float()
+
+
+def _cmd_adapt(args) -> int:
+    from priorshift.diffusion.checkpoint import load_prior
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if (args.measurements is None) == (args.images is None):
+        raise ValueError("give exactly one of --measurements Y.npy (with --masks M.npy) or --images X.npy (measured here, for experiments)")
+    cfg = AdaptConfig(
+        name=args.name or Path(args.out).name, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+        ema_decay=args.ema_decay, seed=args.seed, eval_every=args.eval_every, patience=args.patience, min_improvement=args.min_improvement,
+        val_fraction=args.val_fraction, val_draws=args.val_draws,
+    ).validate()
+    prior = load_prior(args.prior)
+    if args.measurements is not None:
+        if args.masks is None:
+            raise ValueError("--measurements needs --masks M.npy (1 = observed pixel / sampled k-space column)")
+        y, masks = _load_array(args.measurements, "--measurements"), _load_array(args.masks, "--masks")
+        source = {"measurements": args.measurements, "masks": args.masks}
+    else:
+        from priorshift.data import npy_stack
+
+        x = npy_stack(args.images)
+        y, masks = simulate_measurements(args.kind, x, seed=args.seed, p=args.p, block=args.block, acceleration=args.accel,
+                                         center_lines=args.center_lines, noise_std=args.noise)
+        source = {"images": args.images, "p": args.p, "block": args.block, "accel": args.accel, "noise": args.noise}
+    data = measured_set(args.kind, y, masks)
+    argv = getattr(args, "argv", None)
+    meta = {"adapted_on": {"kind": args.kind, **source, "n": len(data)}, "prior_source": str(args.prior)}
+    if argv:
+        meta["command"] = "priorshift " + " ".join(shlex.quote(a) for a in argv)
+    res = adapt_prior(prior, data, args.out, cfg, meta=meta, progress=not args.quiet)
+    print(f"priorshift adapt: {len(data)} {args.kind} measurements ({res.n_train} train / {res.n_val} held out); "
+          f"held-out loss {res.initial_val_loss:.5f} → {res.best_val_loss:.5f} (step {res.best_step} of {res.steps_run}; {res.stopped})")
+    print(f"  wrote {res.path} and {res.path.with_suffix('.json').name}")
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``priorshift adapt`` on the CLI's subparsers (``cli.build_parser``) with its handler."""
+    a = subparsers.add_parser(
+        "adapt", help="align a mismatched prior to measured data (masked EDM loss on measurements only, early stopping); resumable",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a.add_argument("--prior", required=True, help="the prior to align: bundled name or checkpoint path")
+    a.add_argument("--kind", choices=KINDS, required=True, help="inpainting (loss on observed pixels) or mri (zero-filled images)")
+    a.add_argument("--measurements", default=None, help="Y.npy: inpainting (N, C, H, W) or MRI k-space (N, C, H, W, 2), centred")
+    a.add_argument("--masks", default=None, help="M.npy: the measurements' masks, 1 = observed; (H, W) or one per measurement")
+    a.add_argument("--images", default=None, help="X.npy: clean images to measure here instead (experiments): each its own random mask")
+    a.add_argument("--p", type=float, default=0.8, help="with --images, inpainting: observation probability of a tile")
+    a.add_argument("--block", type=int, default=4, help="with --images, inpainting: tile size in pixels")
+    a.add_argument("--accel", type=float, default=4.0, help="with --images, MRI: acceleration")
+    a.add_argument("--center-lines", type=int, default=None, help="with --images, MRI: fully sampled centre columns (default W // 8)")
+    a.add_argument("--noise", type=float, default=0.0, help="with --images: measurement noise std (in [-1, 1] image units)")
+    a.add_argument("--out", required=True, help="run directory: the aligned prior NAME.safetensors/.json, adapt_state.json, train/")
+    a.add_argument("--name", default=None, help="name of the aligned prior (default: the run directory's name)")
+    a.add_argument("--steps", type=int, default=AdaptConfig.steps, help="at most this many steps")
+    a.add_argument("--batch-size", type=int, default=AdaptConfig.batch_size)
+    a.add_argument("--lr", type=float, default=AdaptConfig.lr)
+    a.add_argument("--warmup-steps", type=int, default=AdaptConfig.warmup_steps)
+    a.add_argument("--ema-decay", type=float, default=AdaptConfig.ema_decay)
+    a.add_argument("--eval-every", type=int, default=AdaptConfig.eval_every, help="steps per tick (held-out evaluation + checkpoint)")
+    a.add_argument("--patience", type=int, default=AdaptConfig.patience, help="ticks without improvement before stopping")
+    a.add_argument("--min-improvement", type=float, default=AdaptConfig.min_improvement, help="relative improvement that counts")
+    a.add_argument("--val-fraction", type=float, default=AdaptConfig.val_fraction, help="share of the measurements held out")
+    a.add_argument("--val-draws", type=int, default=AdaptConfig.val_draws, help="noise draws per held-out measurement")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=_cmd_adapt)
+    return a

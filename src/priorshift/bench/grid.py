@@ -1,0 +1,241 @@
+"""The benchmark grid behind ``priorshift bench CONFIG.toml``: detectors × measurement domains on one ID/OOD
+pair → a tidy results table (CSV + JSON), ``results.md`` and ``report.html``.
+
+A config names the prior, the data (ID, OOD and the ID calibration set for detectors that are fitted), the
+measurement domains (operator specs or tasks) and the rows::
+
+    title = "Fashion-MNIST vs MNIST"
+    prior = "fashion-mnist-32"
+    n = 48                      # ID and OOD images each
+    n_fit = 48                  # calibration images
+    [data]
+    id  = { dataset = "fashion-mnist", split = "test", start = 0 }
+    ood = { dataset = "mnist", split = "test", start = 0 }
+    fit = { dataset = "fashion-mnist", split = "test", start = 5000 }
+    [domains]
+    identity = "identity:noise=0.02"        # an operator spec (priorshift.operators.spec)
+    fmnist-inpaint = "task:fmnist-inpaint"  # a task's operator (priorshift.tasks)
+    [reconstruction]                        # image detectors on measurements: posterior mean first
+    plan = { sampler = "dps", steps = 50, jacobian = false }
+    zeta = { fmnist-inpaint = 0.6 }         # per-domain overrides of the plan's ζ
+    [[rows]]
+    detector = "klip"
+    domain = "identity"                     # or "images": the clean images themselves
+    params = { samples = 2, plan = { steps = 50 } }
+    chosen = "library defaults"             # how the settings were chosen (printed in the table)
+    label = ""                              # tells apart two rows of one detector and domain
+
+Each row's scores are cached in ``OUT/scores/<row>.json`` (delete one to rescore it); the cache is keyed by the
+row's full definition, so an edited row is scored again. Seeds are fixed per set (ID, OOD, calibration) and
+measurement noise per domain, so rows are paired: every detector sees the same measurements.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from priorshift.io import atomic_write, atomic_write_json
+
+__all__ = ["load_config", "run_grid", "row_key"]
+
+SEEDS = {"id": 10_000, "ood": 20_000, "fit": 30_000}
+SCORE_SEEDS = {"id": 60_000, "ood": 70_000, "fit": 50_000}
+
+
+def load_config(path: str | Path) -> dict:
+    """Read and validate a bench config (TOML)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"bench config {path} does not exist")
+    try:
+        cfg = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"bench config {path} is not valid TOML: {e}") from None
+    for key in ("prior", "data", "rows"):
+        if key not in cfg:
+            raise ValueError(f"bench config {path} needs a '{key}' entry")
+    for key in ("id", "ood"):
+        if key not in cfg["data"]:
+            raise ValueError(f"bench config {path}: [data] needs '{key}' = {{ dataset = ..., split = ..., start = ... }}")
+    domains = cfg.get("domains", {})
+    for i, row in enumerate(cfg["rows"]):
+        if "detector" not in row or "domain" not in row:
+            raise ValueError(f"bench config {path}: row {i} needs 'detector' and 'domain'")
+        if row["domain"] != "images" and row["domain"] not in domains:
+            raise ValueError(f"bench config {path}: row {i} uses domain {row['domain']!r}, which [domains] does not define ({', '.join(domains) or 'none'})")
+        row.setdefault("params", {})
+        row.setdefault("chosen", "library defaults")
+        row.setdefault("label", "")
+    cfg.setdefault("n", 48)
+    cfg.setdefault("n_fit", cfg["n"])
+    cfg.setdefault("batch_size", 16)
+    cfg.setdefault("title", path.stem)
+    cfg["_path"] = str(path)
+    return cfg
+
+
+def row_key(row: dict) -> str:
+    """``detector@domain`` (``#label`` when the row has one): the row's name in tables and cache files."""
+    label = row.get("label") or ""
+    return f"{row['detector']}@{row['domain']}" + (f"#{label.replace(' ', '_').replace('×', 'x')}" if label else "")
+
+
+def _operator(spec: str, image_size: int):
+    if spec.startswith("task:"):
+        from priorshift.tasks import get_task
+
+        return get_task(spec[5:]).make_operator()
+    from priorshift.operators.spec import operator_from_spec
+
+    return operator_from_spec(spec, image_size)
+
+
+def _images(entry: dict, n: int, image_size: int):
+    from priorshift.data import load_dataset
+
+    start = int(entry.get("start", 0))
+    x = load_dataset(entry["dataset"], split=entry.get("split", "test"), n=start + n, image_size=image_size)
+    if x.shape[0] < start + n:
+        raise ValueError(f"dataset {entry['dataset']!r} has {x.shape[0]} images; the config asks for {n} from index {start}")
+    return x[start : start + n]
+
+
+def _detector(row: dict, prior, operators: dict, cfg: dict):
+    from priorshift.detectors import FromMeasurements
+    from priorshift.registry import get
+
+    cls = get("detector", row["detector"])
+    if row["domain"] == "images":
+        if cls.input_kind != "images":
+            raise ValueError(f"row {row_key(row)}: detector {row['detector']!r} scores measurements; give it a measurement domain")
+        return cls(prior, **row["params"])
+    op = operators[row["domain"]]
+    if cls.input_kind == "measurements":
+        return cls(prior, op, **row["params"])
+    recon = cfg.get("reconstruction", {})
+    plan = dict(recon.get("plan", {"sampler": "dps", "steps": 50, "jacobian": False}))
+    if row["domain"] in recon.get("zeta", {}):
+        plan["zeta"] = recon["zeta"][row["domain"]]
+    return FromMeasurements(cls(prior, **row["params"]), op, plan=plan)
+
+
+def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Score every row of ``cfg`` (cached), write ``results.csv``, ``results.json``, ``results.md`` and
+    ``report.html`` under ``out``; returns ``{row key: metrics}``."""
+    from priorshift import load_prior
+    from priorshift.bench.report import comparison_report
+    from priorshift.detectors import score_batches
+    from priorshift.metrics import auroc_standard_error, ood_metrics
+
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    out = Path(out)
+    (out / "scores").mkdir(parents=True, exist_ok=True)
+    prior = load_prior(cfg["prior"])
+    size = int(prior.config["unet"]["image_size"]) if hasattr(prior, "config") else None
+    n, n_fit = int(cfg["n"]), int(cfg["n_fit"])
+    images = {"id": _images(cfg["data"]["id"], n, size), "ood": _images(cfg["data"]["ood"], n, size)}
+    if "fit" in cfg["data"]:
+        images["fit"] = _images(cfg["data"]["fit"], n_fit, size)
+    operators = {name: _operator(spec, size) for name, spec in cfg.get("domains", {}).items()}
+    measured: dict = {}
+
+    def data(domain: str, which: str):
+        if which not in images:
+            raise ValueError(f"a fitted detector needs calibration data: add [data] fit = {{ ... }} to {cfg['_path']}")
+        if domain == "images":
+            return images[which]
+        if (domain, which) not in measured:
+            x = images[which]
+            measured[domain, which] = operators[domain](x, seed=list(range(SEEDS[which], SEEDS[which] + x.shape[0])))
+        return measured[domain, which]
+
+    results: dict[str, dict] = {}
+    for row in cfg["rows"]:
+        key = row_key(row)
+        path = out / "scores" / f"{key.replace('@', '__').replace('#', '__')}.json"
+        definition = {k: row[k] for k in ("detector", "domain", "params", "label")}
+        cached = json.loads(path.read_text()) if path.exists() else None
+        fresh = cached is not None and cached.get("definition", definition) == definition and len(cached["scores_id"]) == n
+        if fresh and (only is None or key not in only):
+            results[key] = {**cached, "chosen": row["chosen"]}
+            continue
+        if only is not None and key not in only:
+            continue
+        det = _detector(row, prior, operators, cfg)
+        t0 = time.perf_counter()
+        if det.needs_fit:
+            det.fit(data(row["domain"], "fit"), seed=SCORE_SEEDS["fit"])
+        t_fit = time.perf_counter() - t0
+
+        def progress(label):
+            def show(done, total):
+                log(f"  {key} {label}: {done}/{total} ({time.perf_counter() - t0:.0f}s)")
+            return show
+
+        t1 = time.perf_counter()
+        s_id = score_batches(det, data(row["domain"], "id"), batch_size=cfg["batch_size"], seed=SCORE_SEEDS["id"], progress=progress("ID"))
+        s_ood = score_batches(det, data(row["domain"], "ood"), batch_size=cfg["batch_size"], seed=SCORE_SEEDS["ood"], progress=progress("OOD"))
+        seconds = time.perf_counter() - t1
+        res = {**row, "definition": definition, "key": key, "setting": repr(det),
+               "scores_id": s_id.score.double().tolist(), "scores_ood": s_ood.score.double().tolist(),
+               "nfe_per_image": (s_id.nfe + s_ood.nfe) / (2 * n), "seconds_per_image": seconds / (2 * n), "fit_seconds": t_fit,
+               "distance": s_id.extras.get("distance")}
+        atomic_write_json(path, res)
+        results[key] = res
+
+    summary, table = {}, []
+    for key, r in results.items():
+        m = ood_metrics(r["scores_id"], r["scores_ood"])
+        se = auroc_standard_error(m["auroc"], m["n_id"], m["n_ood"])
+        summary[key] = {"detector": r["detector"], "domain": r["domain"], "label": r.get("label", ""), **m, "auroc_se": se,
+                        "nfe_per_image": r["nfe_per_image"], "seconds_per_image": r["seconds_per_image"], "setting": r["setting"], "chosen": r["chosen"],
+                        "distance": r.get("distance")}
+        table.append(summary[key])
+    _write_csv(out / "results.csv", table)
+    atomic_write_json(out / "results.json", summary)
+    md = _markdown(cfg, table)
+    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(md))
+    comparison_report(out, results, title=cfg["title"], intro=cfg.get("description", ""), config={k: v for k, v in cfg.items() if not k.startswith("_")})
+    return summary
+
+
+def _write_csv(path: Path, table: list[dict]) -> None:
+    cols = ["detector", "domain", "label", "auroc", "auroc_se", "fpr95_ood_positive", "fpr95_id_positive", "aupr_in", "aupr_out",
+            "n_id", "n_ood", "nfe_per_image", "seconds_per_image", "distance", "chosen", "setting"]
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(table)
+
+    atomic_write(path, write)
+
+
+def _markdown(cfg: dict, table: list[dict]) -> str:
+    import platform
+
+    lines = [f"# {cfg['title']}", ""]
+    if cfg.get("description"):
+        lines += [cfg["description"], ""]
+    lines += ["| detector | domain | AUROC | FPR@95 (OOD+) | AUPR-in | AUPR-out | NFE / image | s / image | settings chosen by |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in table:
+        name = r["detector"] + (f" ({r['distance']})" if r.get("distance") else "") + (f" [{r['label']}]" if r.get("label") else "")
+        lines.append(f"| {name} | {r['domain']} | {r['auroc']:.3f} ± {r['auroc_se']:.3f} | {r['fpr95_ood_positive']:.3f} | {r['aupr_in']:.3f} | "
+                     f"{r['aupr_out']:.3f} | {r['nfe_per_image']:.0f} | {r['seconds_per_image']:.2f} | {r['chosen']} |")
+    lines += ["", f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.", "",
+              f"Command: `priorshift bench {cfg['_path']}`"]
+    return "\n".join(lines) + "\n"
