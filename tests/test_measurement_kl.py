@@ -194,7 +194,7 @@ def test_both_denoisers_see_the_same_noise_draw(images, operator):
 @pytest.mark.parametrize("operator", [None, "inpainting", "mri"])
 def test_zero_for_p_equal_q(images, operator):
     """Two distinct but identical priors: exactly 0 — with a separate noise draw per denoiser (the official
-    code) every term would be ≈ ‖D(x + σn₁) − D(x + σn₂)‖² σ⁻³ > 0 instead."""
+    code) every term would be ‖D(x + σn₁) − D(x + σn₂)‖² σ⁻³ ≈ 2d/σ > 0 at small σ instead."""
     kw = {"p": 0.5, "block": 2} if operator == "inpainting" else {}
     est = MeasurementKL(_p(), _p(), operator, **kw).estimate(images[:20], seed=0)
     assert est.kl_nats == 0.0 and float(est.curve.abs().max()) == 0.0 and est.stderr == 0.0
@@ -212,7 +212,7 @@ def test_mri_observation_probability_matches_the_mask_generator():
     assert (est.acceleration, est.center_lines) == (4.0, 2)  # read off the operator's mask
 
 
-def test_mri_measurement_domain_is_finite_and_weighted(images):
+def test_mri_measurement_domain_is_finite_and_weighted():
     P = stationary_gaussian(16, length_scale=2.0, variance=0.25, nugget=1e-2)
     Q = stationary_gaussian(16, length_scale=1.5, variance=0.25, mean=0.2, nugget=1e-2)
     x = P.sample(40, torch.Generator().manual_seed(1))

@@ -41,9 +41,10 @@ import math
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported where it is used: `priorshift --help` stays light
+    from torch import Tensor
 
 __all__ = ["AdaptConfig", "AdaptResult", "MeasuredSet", "measured_set", "simulate_measurements", "adapt_prior", "add_parser", "KINDS"]
 
@@ -75,9 +76,11 @@ class MeasuredSet:
 
 
 def _check_01(masks: Tensor, name: str = "masks") -> Tensor:
+    import torch
+
     from priorshift._checks import check_tensor
 
-    if isinstance(masks, Tensor) and masks.dtype == torch.bool:
+    if isinstance(masks, torch.Tensor) and masks.dtype == torch.bool:
         masks = masks.float()
     check_tensor(masks, name)
     if not bool(((masks == 0) | (masks == 1)).all()):
@@ -91,6 +94,8 @@ def measured_set(kind: str, y: Tensor, masks: Tensor) -> MeasuredSet:
     * ``"inpainting"``: ``y`` (N, C, H, W); ``masks`` (H, W), (1, H, W), (N, H, W) or (N, 1, H, W);
     * ``"mri"``: ``y`` (N, C, H, W, 2) centred k-space (real, imaginary); ``masks`` (H, W) or (N, H, W).
     """
+    import torch
+
     from priorshift._checks import check_tensor
 
     if kind not in KINDS:
@@ -133,6 +138,8 @@ def simulate_measurements(
     drawn from its seed (:func:`priorshift.rng.per_image_rng`). Returns ``(y, masks)``: inpainting
     ``y`` (N, C, H, W), masks (N, 1, H, W) of ``block``-pixel tiles observed with probability ``p``; MRI ``y``
     (N, C, H, W, 2), masks (N, H, W) (:func:`priorshift.operators.cartesian_mask`)."""
+    import torch
+
     from priorshift._checks import check_image
     from priorshift.operators import cartesian_mask, random_block_mask
     from priorshift.rng import per_image_rng
@@ -232,6 +239,8 @@ def _unet_and_config(prior):
 
 
 def _split(n: int, cfg: AdaptConfig) -> tuple[Tensor, Tensor]:
+    import torch
+
     if n < 2:
         raise ValueError(f"alignment needs at least 2 measured images (a training and a held-out split), got {n}")
     n_val = min(n - 1, max(1, round(cfg.val_fraction * n)))
@@ -240,6 +249,8 @@ def _split(n: int, cfg: AdaptConfig) -> tuple[Tensor, Tensor]:
 
 
 def _val_loss(denoiser, val: MeasuredSet, cfg: AdaptConfig) -> float:
+    import torch
+
     from priorshift.diffusion.training import edm_loss
 
     total = 0.0
@@ -297,14 +308,17 @@ def adapt_prior(
     run = out / "train"
     state_path = out / "adapt_state.json"
     prior_path = out / f"{cfg.name}.safetensors"
-    identity = {"config": asdict(cfg), "data_sha256_16": data.digest(), "kind": data.kind, "n": len(data)}
+    h = hashlib.sha256()
+    for v in base.net.state_dict().values():
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    identity = {"config": asdict(cfg), "data_sha256_16": data.digest(), "kind": data.kind, "n": len(data), "prior_sha256_16": h.hexdigest()[:16]}
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is an existing file; give a directory")
     state = None
     if state_path.exists():
         state = json.loads(state_path.read_text())
         if state.get("identity") != json.loads(json.dumps(identity)):
-            raise ValueError(f"{out} holds another alignment run (different settings or measurements); choose another directory or delete it")
+            raise ValueError(f"{out} holds another alignment run (different settings, measurements or starting prior); choose another directory or delete it")
     elif out.is_dir() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no alignment run (no adapt_state.json); choose a new or empty directory")
     source = dict(getattr(base, "config", None) or {})
@@ -371,6 +385,7 @@ def adapt_prior(
 # -- the command -------------------------------------------------------------------------------------------
 def _load_array(path: str, what: str) -> Tensor:
     import numpy as np
+    import torch
 
     if not Path(path).is_file():
         raise ValueError(f"{what} file {path!r} does not exist")
@@ -384,6 +399,8 @@ def _load_array(path: str, what: str) -> Tensor:
 
 
 def _cmd_adapt(args) -> int:
+    import torch
+
     from priorshift.diffusion.checkpoint import load_prior
 
     if args.threads:

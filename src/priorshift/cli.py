@@ -1,4 +1,4 @@
-"""The ``priorshift`` command line: ``demo``, ``train``, ``score``, ``bench``, ``report``, ``priors``, ``datasets``."""
+"""The ``priorshift`` command line: ``demo``, ``train``, ``score``, ``bench``, ``report``, ``adapt``, ``priors``, ``datasets``."""
 
 from __future__ import annotations
 
@@ -294,6 +294,11 @@ def _cmd_score(args) -> int:
     from priorshift.tasks import get_task
 
     # -- validate everything before anything is created --
+    rank = 0
+    if args.distributed:
+        from priorshift.distributed import check_env
+
+        rank = check_env()["rank"]
     _check_threads(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -361,7 +366,7 @@ def _cmd_score(args) -> int:
             if det.input_kind == "measurements":
                 fit = op(fit, seed=list(range(10**6 + args.seed, 10**6 + args.seed + fit.shape[0])))
         det.fit(fit, seed=args.seed)
-    if not args.quiet:
+    if not args.quiet and rank == 0:
         for what, reading in readings.items():
             print(_reading_note(f"--{'images' if what == 'input' else 'fit'}", args.images if what == "input" else args.fit, reading), file=sys.stderr)
 
@@ -371,8 +376,16 @@ def _cmd_score(args) -> int:
         if not args.quiet:
             print(f"\r  scored {done}/{total} ({time.perf_counter() - t0:.0f}s)", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    s = score_batches(det, data, batch_size=args.batch_size, seed=args.seed, progress=progress)
     n = data.shape[0]
+    config = {"prior": str(prior_name), "operator": repr(op), "operator_spec": args.operator, "task": args.task,
+              "detector": det.config() if hasattr(det, "config") else args.detector, "input": args.measurements or args.images,
+              "input_kind": kind, "value_range": readings or None, "fit": args.fit, "n": n, "seed": args.seed, "batch_size": args.batch_size}
+    if args.distributed:
+        s = _score_distributed(args, det, data, config, prior, out)
+        if s is None:  # not rank 0: its shard is scored; rank 0 merges and writes
+            return 0
+    else:
+        s = score_batches(det, data, batch_size=args.batch_size, seed=args.seed, progress=progress)
     # -- write into a temporary directory, then move it into place: never a half-written or mixed run --
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -396,11 +409,8 @@ def _cmd_score(args) -> int:
             heatmap_figure(shown.float(), (rec[:k] if rec is not None else shown).float(), s.map[:k].float(), None, tmp / "heatmaps.png",
                            labels=[f"#{i}" for i in range(k)], measurement_title="x" if kind == "images" else "A⁺ y", title=repr(det))
             files.append("heatmaps.png")
-        config = {"prior": str(prior_name), "operator": repr(op), "operator_spec": args.operator, "task": args.task,
-                  "detector": det.config() if hasattr(det, "config") else args.detector, "input": args.measurements or args.images,
-                  "input_kind": kind, "value_range": readings or None, "fit": args.fit, "n": n, "seed": args.seed, "batch_size": args.batch_size,
-                  "nfe_total": s.nfe, "nfe_per_image": s.nfe / n, "seconds": round(time.perf_counter() - t0, 2),
-                  "versions": {"priorshift": priorshift.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}}
+        config.update({"nfe_total": s.nfe, "nfe_per_image": s.nfe / n, "seconds": round(time.perf_counter() - t0, 2),
+                       "versions": {"priorshift": priorshift.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}})
         atomic_write_json(tmp / "config.json", config)
         files.append("config.json")
         umask = os.umask(0)
@@ -412,9 +422,62 @@ def _cmd_score(args) -> int:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if args.distributed:
+        from priorshift.distributed import work_dir_for
+
+        shutil.rmtree(work_dir_for(out))  # the shards are merged into --out
     print(f"priorshift score: {n} {kind} scored with {det!r} ({s.nfe / n:.0f} NFE per image)")
     print(f"  higher = more shifted; wrote {', '.join(str(out / f) for f in files)}")
     return 0
+
+
+def _score_distributed(args, det, data, config, prior, out):
+    """``score --distributed`` under torchrun: every rank scores its batches into ``OUT.partial/`` (resuming an
+    unfinished run of the same config), then rank 0 merges them and returns the :class:`Scores` a single-process
+    run returns; other ranks return None."""
+    import torch
+
+    from priorshift import distributed as D
+
+    device = next(iter(prior.parameters()), torch.empty(0)).device if hasattr(prior, "parameters") else torch.device("cpu")
+    rank, world = D.init(device)
+    if rank != 0:  # progress output on rank 0 only (KLIP's sampling-step bar)
+        for d in (det, getattr(det, "image_detector", None)):
+            if isinstance(getattr(d, "progress", None), bool):
+                d.progress = False
+    try:
+        work = D.work_dir_for(out)
+        run = {**config, "input_sha256": D.digest(data), "prior_sha256": prior.config.get("weights_sha256"),
+               **{f"{flag}_sha256": D.digest(getattr(args, flag)) for flag in ("fit", "mask") if getattr(args, flag)},
+               "versions": {"priorshift": priorshift.__version__, "torch": torch.__version__}}
+        verdict = None
+        if rank == 0:
+            try:
+                verdict = "resume" if D.prepare_work_dir(work, run, overwrite=args.overwrite) else "fresh"
+            except (ValueError, OSError) as e:
+                verdict = e
+        verdict = D.broadcast(verdict)
+        if isinstance(verdict, BaseException):
+            if rank == 0:
+                raise verdict
+            raise SystemExit(2)  # the same failure, reported once (by rank 0)
+        t0 = time.perf_counter()
+
+        def progress(done, total):
+            if rank == 0 and not args.quiet:
+                print(f"\r  rank 0/{world}: scored {done}/{total} batches ({time.perf_counter() - t0:.0f}s)", end="" if done < total else "\n",
+                      file=sys.stderr, flush=True)
+
+        if rank == 0 and verdict == "resume" and not args.quiet:
+            print(f"priorshift score: resuming the unfinished run in {work}", file=sys.stderr)
+        scored = D.score_shard(det, data, work_dir=work, seed=args.seed, batch_size=args.batch_size, rank=rank, world=world,
+                               progress=progress, keep=("reconstruction",), keep_first=8)  # what heatmaps.png shows
+        if not args.quiet:
+            print(f"  rank {rank}/{world}: scored {len(scored)} samples", file=sys.stderr, flush=True)
+        D.barrier()
+        return D.merge(work, data.shape[0]).to_scores() if rank == 0 else None
+    finally:
+        D.close()
 
 
 def _cmd_priors(args) -> int:
@@ -460,7 +523,7 @@ def _cmd_bench(args) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is an existing file; give a directory")
     only = set(args.only.split(",")) if args.only else None
-    summary = run_grid(cfg, out, only=only, log=(lambda s: None) if args.quiet else None)
+    summary = run_grid(cfg, out, only=only, cached_only=args.cached_only, log=(lambda s: None) if args.quiet else None)
     print((out / "results.md").read_text())
     print(f"priorshift bench: {len(summary)} rows; wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'results.md'}, {out / 'report.html'}")
     return 0
@@ -545,6 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", default="out/score", help="output directory (written atomically)")
     sc.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     sc.add_argument("--quiet", action="store_true", help="no progress output")
+    sc.add_argument("--distributed", action="store_true",
+                    help="run under torchrun (torchrun --nproc-per-node N -m priorshift score ... --distributed): each rank scores "
+                         "its share of the batches into OUT.partial/, rank 0 merges them into --out; the same command re-run after a "
+                         "failure resumes without scoring finished samples again")
     sc.set_defaults(func=_cmd_score)
 
     be = sub.add_parser("bench", help="run a benchmark grid (detectors × measurement domains) from a TOML config: results table + report.html",
@@ -552,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("config", help="a bench config, e.g. benchmarks/configs/ood-fmnist-mnist.toml (format: priorshift.bench.grid)")
     be.add_argument("--out", default=None, help="results folder (default: out/<config name>); each row's scores are cached in OUT/scores")
     be.add_argument("--only", default=None, metavar="ROWS", help="comma-separated row keys (detector@domain[#label]) to score again")
+    be.add_argument("--cached-only", action="store_true", help="score nothing: tabulate the cached rows and list the others as not run")
     be.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     be.add_argument("--quiet", action="store_true", help="no progress output")
     be.set_defaults(func=_cmd_bench)
@@ -559,6 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="(re)build report.html in a results folder (a bench grid or a score run) from its saved scores")
     rp.add_argument("dir", help="the results folder")
     rp.set_defaults(func=_cmd_report)
+
+    from priorshift.adapt import add_parser as add_adapt_parser
+
+    add_adapt_parser(sub)
 
     pr = sub.add_parser("priors", help="list the bundled priors and how each was trained")
     pr.set_defaults(func=_cmd_priors)

@@ -131,9 +131,10 @@ def _detector(row: dict, prior, operators: dict, cfg: dict):
     return FromMeasurements(cls(prior, **row["params"]), op, plan=plan)
 
 
-def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, log: Callable[[str], None] | None = None) -> dict:
+def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached_only: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """Score every row of ``cfg`` (cached), write ``results.csv``, ``results.json``, ``results.md`` and
-    ``report.html`` under ``out``; returns ``{row key: metrics}``."""
+    ``report.html`` under ``out``; returns ``{row key: metrics}``. ``cached_only``: score nothing, tabulate the
+    rows already cached and list the others as not run."""
     from priorshift import load_prior
     from priorshift.bench.report import comparison_report
     from priorshift.detectors import score_batches
@@ -171,7 +172,7 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, log: C
         if fresh and (only is None or key not in only):
             results[key] = {**cached, "chosen": row["chosen"]}
             continue
-        if only is not None and key not in only:
+        if (only is not None and key not in only) or cached_only:
             continue
         det = _detector(row, prior, operators, cfg)
         t0 = time.perf_counter()
@@ -205,7 +206,8 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, log: C
         table.append(summary[key])
     _write_csv(out / "results.csv", table)
     atomic_write_json(out / "results.json", summary)
-    md = _markdown(cfg, table)
+    missing = [row_key(r) for r in cfg["rows"] if row_key(r) not in results]
+    md = _markdown(cfg, table, missing)
     atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(md))
     comparison_report(out, results, title=cfg["title"], intro=cfg.get("description", ""), config={k: v for k, v in cfg.items() if not k.startswith("_")})
     return summary
@@ -224,7 +226,7 @@ def _write_csv(path: Path, table: list[dict]) -> None:
     atomic_write(path, write)
 
 
-def _markdown(cfg: dict, table: list[dict]) -> str:
+def _markdown(cfg: dict, table: list[dict], missing: list[str] = ()) -> str:
     import platform
 
     lines = [f"# {cfg['title']}", ""]
@@ -236,6 +238,8 @@ def _markdown(cfg: dict, table: list[dict]) -> str:
         name = r["detector"] + (f" ({r['distance']})" if r.get("distance") else "") + (f" [{r['label']}]" if r.get("label") else "")
         lines.append(f"| {name} | {r['domain']} | {r['auroc']:.3f} ± {r['auroc_se']:.3f} | {r['fpr95_ood_positive']:.3f} | {r['aupr_in']:.3f} | "
                      f"{r['aupr_out']:.3f} | {r['nfe_per_image']:.0f} | {r['seconds_per_image']:.2f} | {r['chosen']} |")
+    if missing:
+        lines += ["", f"Not run (no cached scores): {', '.join(missing)}."]
     lines += ["", f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.", "",
               f"Command: `priorshift bench {cfg['_path']}`"]
     return "\n".join(lines) + "\n"

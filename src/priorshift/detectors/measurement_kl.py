@@ -10,8 +10,10 @@ smoothed densities and ``D_p``/``D_q`` their MMSE denoisers, so that ``∇ log p
 
 (the VE form of the generic ``½ ∫ g² E‖s_p − s_q‖² dt``: ``g² = dσ²/dσ = 2σ`` gives the factor ``σ``; the
 constant is checked against the Gaussian closed form in ``tests/test_measurement_kl.py`` to 0.05%). Both
-denoisers see the **same** ``x_σ``: the official code draws separate noise for each network, which adds the
-two denoisers' variance (≈ 2 tr Cov at large σ) to every term.
+denoisers see the **same** ``x_σ``: the official code draws separate noise for each network, which adds
+``Var[D_p(x_σ) | x] + Var[D_q(x_σ) | x]`` to every term — ``≈ 2σ²d`` at small σ, where both denoisers are
+nearly the identity, so the σ⁻³-weighted integral of that bias grows like ``2d · ln(σ_max/σ_min)`` whatever
+the shift (and is nonzero for p = q).
 
 **Measurement domain (paper Theorem 1, Eq. 9).** For ``y = H x + e`` with ``H = U S Vᵀ``, a random diagonal
 projection ``P`` (an inpainting mask; a Cartesian k-space column mask for MRI, in the basis of ``Vᵀ``) and
@@ -269,7 +271,7 @@ class MeasurementKL:
                     raise ValueError(f"{name} describes a measurement; the image domain (operator=None) takes none")
             self.noise_std = 0.0
             return
-        if isinstance(operator, Inpainting) or operator == "inpainting":
+        if isinstance(operator, Inpainting) or (isinstance(operator, str) and operator == "inpainting"):
             self.domain = "inpainting"
             if p is None and isinstance(operator, Inpainting):
                 p = float(operator.mask.float().mean())
@@ -277,7 +279,7 @@ class MeasurementKL:
                 raise ValueError("random-block inpainting needs p, the observation probability in (0, 1]")
             self.p = _check_probability(p)
             self.block = _check_count(block, "block")
-        elif isinstance(operator, MRI) or operator == "mri":
+        elif isinstance(operator, MRI) or (isinstance(operator, str) and operator == "mri"):
             self.domain = "mri"
             if p is not None:
                 raise ValueError("p is the inpainting observation probability; MRI masks are set by acceleration and center_lines")
