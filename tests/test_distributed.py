@@ -61,7 +61,9 @@ def _free_port() -> int:
 def _torchrun(*args, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(_free_port()), "--monitor-interval", "0.1", str(HERE), *map(str, args)]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"), **(env or {})}
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if sys.platform == "linux":
+        full_env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only, whatever the host name resolves to
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=full_env)
 
 

@@ -159,7 +159,8 @@ def score_batches(
     detector, data: Tensor, *, batch_size: int = 16, seed=0, hooks: Sequence[Callable] = (), progress: Callable[[int, int], None] | None = None
 ) -> Scores:
     """Score ``data`` (N, ...) in batches of ``batch_size`` with per-image seeds resolved once for all N, so
-    the result does not depend on ``batch_size``. ``progress(done, total)`` is called after each batch.
+    the result does not depend on ``batch_size`` (up to floating-point rounding: a batched network call may sum in
+    another order). ``progress(done, total)`` is called after each batch.
     ``Scores.extras["seeds"]`` holds the seeds used; ``nfe_per_image`` is the total NFE over N."""
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
