@@ -3,7 +3,8 @@
 A quick form of ``benchmarks/klip_experiment.py --task ct``: the bundled ``phantom-ct-64`` prior, 20-view
 parallel-beam CT with measurement noise, DPS posterior sampling; KLIP's window and block are the ones tuned
 on the *star* tuning split by that benchmark (never on lesions), compared with the whole-image KL ablation.
-Prints a table and writes ``results.md``, ``metrics.json`` and ``heatmaps.png`` to the output directory.
+Prints a table and writes ``report.html`` (table, ROC curves, heatmaps, config), ``results.md``, ``metrics.json``, ``roc.png``
+and ``heatmaps.png`` to the output directory, all at once (a temporary directory renamed into place).
 
 The output directory is written whole or not at all: the files go into a temporary directory beside it, renamed
 into place at the end, so an interrupted or failed demo leaves the previous output (or nothing) — never a mix.
@@ -22,15 +23,16 @@ from typing import Callable, Mapping
 
 import torch
 
-from priorshift.bench.figures import heatmap_figure
+from priorshift.bench.figures import heatmap_figure, roc_figure
 from priorshift.bench.klip_eval import Setting, evaluate, score_set
+from priorshift.detectors.klip import image_score
 from priorshift.metrics import auroc_standard_error, ood_metrics
 from priorshift.registry import get
 from priorshift.tasks import get_task
 
 __all__ = ["run_demo", "DEMO_FILES", "check_output_dir", "write_output_dir"]
 
-DEMO_FILES = ("heatmaps.png", "results.md", "metrics.json")
+DEMO_FILES = ("heatmaps.png", "roc.png", "results.md", "metrics.json", "report.html")
 """What a demo writes; an existing output directory holding only these is a previous demo, and is replaced."""
 
 TASK = get_task("ct")  # prior, 20-view CT with noise, DPS ζ, KLIP's tuned window and block
@@ -91,6 +93,23 @@ def _umask() -> int:
     return mask
 
 
+def _report(path: Path, results: dict, *, n: int, text: str, config: dict) -> Path:
+    """``report.html`` beside the demo's figures: the table (baselines shaded), ROC curves, the heatmaps, the config."""
+    from priorshift.bench.report import Report
+
+    rep = Report("priorshift demo: healthy vs lesion CT phantoms", path.parent)
+    rep.add_text(text)
+    rows = [[name, r["auroc"], auroc_standard_error(r["auroc"], n, n), r["fpr95_ood_positive"], r["aupr_out"], r["block_auroc_mean"], round(r["nfe_per_image"])]
+            for name, r in results.items()]
+    rep.add_table(["method", "AUROC", "± SE", "FPR@95 (OOD+)", "AUPR-out", "block AUROC", "NFE / image"], rows,
+                  highlight=[name in ("‖y‖²", "FBP residual") for name in results])
+    rep.add_text("Shaded: trivial baselines (the statistic standardised on other healthy phantoms). Block AUROC: does the map find the lesion.", note=True)
+    rep.add_figure(path.parent / "roc.png", "ROC curves, lesion = positive")
+    rep.add_figure(path.parent / "heatmaps.png", "FBP → posterior reconstruction → KLIP map → ground truth")
+    rep.add_config(config)
+    return rep.write(path.name)
+
+
 def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = None, prior: str | None = None) -> int:
     from priorshift import load_prior
     from priorshift.data import healthy_set, lesion_set
@@ -138,7 +157,9 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
         "whole-image KL": (Setting((0.0, 1.0), None, "whole_image"), Setting((0.0, 1.0), TASK.base_block, "whole_image")),
     }
     results = {}
+    curves = {}  # method → (ID scores, OOD scores), for the ROC figure
     for name, (ds, im) in rows.items():
+        curves[name] = (image_score(ds.maps(tr_id)).numpy(), image_score(ds.maps(tr_ood)).numpy())
         r = evaluate(ds, tr_id, tr_ood)
         loc = evaluate(im, tr_id, tr_ood, lesions.masks, lesions.body_masks)
         results[name] = {**r, "block_auroc_mean": loc["block_auroc_mean"], "block_auroc_std": loc["block_auroc_std"], "setting": ds.label(), "map_setting": im.label()}
@@ -148,7 +169,8 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
     y_cal = ct(calib.images, seed=[50_000 + i for i in range(n)])
     for label, name in (("‖y‖²", "measurement-norm"), ("FBP residual", "residual")):
         det = get("detector", name)(prior, ct).fit(y_cal)
-        r = ood_metrics(det.score(y_id).score.numpy(), det.score(y_ood).score.numpy())
+        curves[label] = (det.score(y_id).score.numpy(), det.score(y_ood).score.numpy())
+        r = ood_metrics(*curves[label])
         results[label] = {**r, "block_auroc_mean": float("nan"), "block_auroc_std": float("nan"), "nfe_per_image": 0.0, "setting": repr(det)}
     header = f"{'method':16s} {'AUROC':>6s} {'FPR@95':>7s} {'AUPR-out':>8s} {'block AUROC':>15s} {'NFE/img':>8s}"
     lines = [header, "-" * len(header)]
@@ -161,6 +183,7 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
     print(table)
     print("  AUROC / FPR@95 / AUPR-out: dataset level (score = max over blocks; OOD = positive; FPR@95 = healthy flagged at 95% lesions caught).")
     print("  block AUROC: does the map find the lesion? Per lesion image, over the blocks inside the body (0.5 = chance).")
+    print(f"  ‖y‖² and FBP residual: trivial baselines (the statistic standardised on {n} other healthy phantoms); where one beats KLIP, KLIP is not yet useful.")
     print(f"  With {n} + {n} images an AUROC near 0.5 has a standard error of about {auroc_standard_error(0.5, n, n):.2f} "
           "(Hanley–McNeil); the 64 + 64 image experiment is benchmarks/results/klip-ct.")
 
@@ -175,11 +198,16 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
     text = (f"# priorshift demo\n\n{n} healthy vs {n} lesion phantoms, {views}-view CT (noise {noise}), "
             f"DPS {steps} steps × {samples} samples; {elapsed:.0f} s.\n\n```\n{table}\n```\n\n![heatmaps](heatmaps.png)\n")
     labels = [f"healthy {i}" for i in idx] + [f"lesion {i}" for i in idx]
+    config = {"task": TASK.name, "prior": prior_name, "operator": repr(ct), "plan": {**TASK.plan, "steps": steps}, "samples": samples,
+              "klip_dataset_setting": dataset_setting.label(), "klip_image_setting": image_setting.label(), "lesion_contrast": contrast,
+              "n": n, "seeds": {"healthy": 90_001, "lesions": 90_002, "calibration": 90_003}}
     write_output_dir(out, {
         "heatmaps.png": lambda path: heatmap_figure(meas, rec, maps, masks, path, labels=labels,
                                                     measurement_title=f"FBP ({views} views)", title=f"KLIP map ({im.label()})"),
+        "roc.png": lambda path: roc_figure(curves, path, title=f"healthy vs lesion ({n} + {n})"),
         "results.md": lambda path: path.write_text(text),
         "metrics.json": lambda path: atomic_write_json(path, {"n": n, "steps": steps, "seconds": round(elapsed, 1), "results": results}),
+        "report.html": lambda path: _report(path, results, n=n, text=text.split("\n\n")[1], config=config),
     })
-    print(f"\n  heatmaps: {out / 'heatmaps.png'}\n  table:    {out / 'results.md'}\n  done in {elapsed:.0f} s")
+    print(f"\n  report:   {out / 'report.html'}\n  heatmaps: {out / 'heatmaps.png'}\n  table:    {out / 'results.md'}\n  done in {elapsed:.0f} s")
     return 0

@@ -58,7 +58,8 @@ def heatmap_figure(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    bar = fig.colorbar(overlay, ax=axes[:, 2].tolist(), fraction=0.05, pad=0.02)
+    fig.subplots_adjust(right=0.86)
+    bar = fig.colorbar(overlay, cax=fig.add_axes([0.89, 0.2, 0.025, 0.6]))
     bar.ax.tick_params(labelsize=7)
     bar.set_label("map value (shared scale)", fontsize=7)
     return save_figure(fig, path)

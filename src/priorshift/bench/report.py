@@ -134,7 +134,7 @@ def comparison_report(root: str | Path, results: dict[str, dict], *, title: str,
         m = ood_metrics(r["scores_id"], r["scores_ood"])
         name = r["detector"] + (f" [{r['label']}]" if r.get("label") else "")
         rows.append([name, r["domain"], m["auroc"], auroc_standard_error(m["auroc"], m["n_id"], m["n_ood"]), m["fpr95_ood_positive"],
-                     m["aupr_in"], m["aupr_out"], float(r["nfe_per_image"]), float(r["seconds_per_image"]), r.get("chosen", "")])
+                     m["aupr_in"], m["aupr_out"], round(r["nfe_per_image"]), float(r["seconds_per_image"]), r.get("chosen", "")])
         marks.append(r["detector"] in BASELINES)
         by_domain.setdefault(r["domain"], {})[name] = (r["scores_id"], r["scores_ood"])
     rep.add_heading("Results")
