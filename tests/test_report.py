@@ -48,3 +48,10 @@ def test_rebuild_report_from_a_grid_folder(tmp_path):
     assert all((tmp_path / ref).is_file() for ref in re.findall(r'src="([^"]+)"', text))
     with pytest.raises(ValueError, match="nothing to report"):
         rebuild_report(tmp_path / "scores")
+
+
+def test_report_with_a_relative_root(tmp_path, monkeypatch):
+    # A report folder given relative to the working directory (as `priorshift bench --out results/x` does).
+    monkeypatch.chdir(tmp_path)
+    text = comparison_report("results/x", _results(), title="relative").read_text()
+    assert all((tmp_path / "results" / "x" / ref).is_file() for ref in re.findall(r'src="([^"]+)"', text))

@@ -207,7 +207,7 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached
     _write_csv(out / "results.csv", table)
     atomic_write_json(out / "results.json", summary)
     missing = [row_key(r) for r in cfg["rows"] if row_key(r) not in results]
-    md = _markdown(cfg, table, missing)
+    md = _markdown(cfg, table, missing, out)
     atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(md))
     comparison_report(out, results, title=cfg["title"], intro=cfg.get("description", ""), config={k: v for k, v in cfg.items() if not k.startswith("_")})
     return summary
@@ -226,7 +226,7 @@ def _write_csv(path: Path, table: list[dict]) -> None:
     atomic_write(path, write)
 
 
-def _markdown(cfg: dict, table: list[dict], missing: list[str] = ()) -> str:
+def _markdown(cfg: dict, table: list[dict], missing: list[str] = (), out: Path | None = None) -> str:
     import platform
 
     lines = [f"# {cfg['title']}", ""]
@@ -241,5 +241,5 @@ def _markdown(cfg: dict, table: list[dict], missing: list[str] = ()) -> str:
     if missing:
         lines += ["", f"Not run (no cached scores): {', '.join(missing)}."]
     lines += ["", f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.", "",
-              f"Command: `priorshift bench {cfg['_path']}`"]
+              f"Command: `priorshift bench {cfg['_path']}" + (f" --out {out}`" if out is not None else "`")]
     return "\n".join(lines) + "\n"

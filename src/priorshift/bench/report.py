@@ -68,9 +68,14 @@ class Report:
     def add_figure(self, path: str | Path, caption: str = "") -> "Report":
         """A PNG that already exists under the report's folder (referenced by its relative path)."""
         path = Path(path)
-        rel = path.relative_to(self.root) if path.is_absolute() else path
-        if not (self.root / rel).is_file():
-            raise ValueError(f"figure {self.root / rel} does not exist; draw it before adding it to the report")
+        candidates = [path] if path.is_absolute() else [self.root / path, Path.cwd() / path]
+        full = next((c.resolve() for c in candidates if c.is_file()), None)
+        if full is None:
+            raise ValueError(f"figure {candidates[0]} does not exist; draw it before adding it to the report")
+        try:
+            rel = full.relative_to(self.root.resolve())
+        except ValueError:
+            raise ValueError(f"figure {full} is not inside the report's folder {self.root}; draw it there") from None
         self.figures.append(rel)
         self._parts.append(f'<figure><img src="{html.escape(rel.as_posix())}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>')
         return self
@@ -157,7 +162,7 @@ def comparison_report(root: str | Path, results: dict[str, dict], *, title: str,
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "_" for c in text)
 
 
 def rebuild_report(root: str | Path) -> Path:
