@@ -281,9 +281,7 @@ def _init_params(cls) -> list[str]:
 
 def _cmd_score(args) -> int:
     import csv
-    import os
     import shutil
-    import tempfile
 
     import numpy as np
     import torch
@@ -387,9 +385,9 @@ def _cmd_score(args) -> int:
     else:
         s = score_batches(det, data, batch_size=args.batch_size, seed=args.seed, progress=progress)
     # -- write into a temporary directory, then move it into place: never a half-written or mixed run --
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    from priorshift.io import atomic_directory
+
+    with atomic_directory(out) as tmp:
         per_image = {k: v for k, v in s.extras.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (n,) and v.ndim == 1 and k != "seeds"}
         with open(tmp / "scores.csv", "w", newline="") as f:
             w = csv.writer(f)
@@ -413,15 +411,6 @@ def _cmd_score(args) -> int:
                        "versions": {"priorshift": priorshift.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}})
         atomic_write_json(tmp / "config.json", config)
         files.append("config.json")
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the results from others
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if args.distributed:
         from priorshift.distributed import work_dir_for
 

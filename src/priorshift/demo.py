@@ -14,9 +14,7 @@ before any work is done, as are a prior of the wrong size and ``n < 2``.
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -65,32 +63,13 @@ def write_output_dir(out: str | Path, writers: Mapping[str, Callable[[Path], obj
     """Write a whole output directory at once: ``writers[name](path)`` writes each file into a temporary
     directory beside ``out``, which then replaces ``out``. If any writer fails, ``out`` is as before and the
     temporary directory is gone."""
+    from priorshift.io import atomic_directory
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         for name, write in writers.items():
             write(tmp / name)
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the results from others
-        if out.exists():
-            old = out.with_name(f".{out.name}.old.{tmp.name[-8:]}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _report(path: Path, results: dict, *, n: int, text: str, config: dict) -> Path:
