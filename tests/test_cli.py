@@ -107,6 +107,24 @@ def test_score_bad_arguments(tiny_run, tmp_path, capsys, extra, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_train_init_fine_tunes_from_a_prior(tiny_run, capsys):
+    """--init starts from a prior's weights with its architecture, records it, and refuses a mismatch."""
+    tmp_path, _ = tiny_run
+    base = tmp_path / "run" / "run.safetensors"
+    argv = ["train", "--data", f"npy:{tmp_path / 'imgs.npy'}", "--image-size", "16", "--steps", "1", "--batch-size", "4",
+            "--init", str(base), "--out", str(tmp_path / "ft"), "--quiet", "--no-grid", "--lr", "1e-12"]
+    assert main(argv) == 0
+    from priorshift import load_prior
+    from priorshift.diffusion.checkpoint import sha256
+
+    ft, D0 = load_prior(tmp_path / "ft" / "ft.safetensors"), load_prior(base)
+    assert ft.config["init"] == {"prior": str(base), "sha256": sha256(base)} and ft.config["unet"]["widths"] == [8, 16]
+    x, s = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0.3, 3.0])
+    assert torch.allclose(ft(x, s), D0(x, s), atol=1e-2)  # lr ~0: the fine-tuned net is the initial one
+    assert main(argv[:-2] + ["--widths", "8,32", "--out", str(tmp_path / "ft2")]) == 2
+    assert "drop --widths" in capsys.readouterr().err and not (tmp_path / "ft2").exists()
+
+
 def test_train_bad_input(tmp_path, capsys):
     assert main(["train", "--data", "cifar-10", "--image-size", "32", "--steps", "1", "--out", str(tmp_path)]) == 2
     assert "unknown dataset" in capsys.readouterr().err

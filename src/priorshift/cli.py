@@ -30,6 +30,12 @@ def _parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _file_sha(name_or_path) -> str:
+    from priorshift.diffusion.checkpoint import resolve_prior_path, sha256
+
+    return sha256(resolve_prior_path(name_or_path))
+
+
 def _check_out_parent(out: Path) -> None:
     for parent in out.absolute().parents:
         if parent.exists():
@@ -60,9 +66,24 @@ def _cmd_train(args) -> int:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
     if args.train_size is not None and args.train_size < 1:
         raise ValueError(f"--train-size must be >= 1, got {args.train_size}")
-    widths = _parse_widths(args.widths)
+    init_prior = init_meta = None
+    if args.init:
+        from priorshift.diffusion.checkpoint import load_prior
+
+        init_prior = load_prior(args.init)
+        base = init_prior.net.config
+        if base.image_size != args.image_size:
+            raise ValueError(f"--init {args.init} is a {base.image_size}×{base.image_size} prior; --image-size is {args.image_size}")
+        if args.widths is not None and _parse_widths(args.widths) != tuple(base.widths):
+            raise ValueError(f"--init {args.init} has widths {','.join(map(str, base.widths))}; drop --widths or give the same")
+        if args.no_attention and base.attention:
+            raise ValueError(f"--init {args.init} has attention; drop --no-attention")
+        init_meta = {"prior": str(args.init), "sha256": init_prior.config.get("sha256") or _file_sha(args.init)}
+        unet_kw = {k: v for k, v in base.to_dict().items()}
+    else:
+        widths = _parse_widths(args.widths or "16,32,64,128")
+        unet_kw = dict(image_size=args.image_size, widths=widths, attention=not args.no_attention)
     _check_out_parent(Path(args.out))
-    unet_kw = dict(image_size=args.image_size, widths=widths, attention=not args.no_attention)
     cfg = TrainConfig(
         name=args.name or Path(args.out).name,
         steps=args.steps,
@@ -105,6 +126,8 @@ def _cmd_train(args) -> int:
     if data.shape[-1] != args.image_size:
         raise ValueError(f"dataset {args.data!r} gives {data.shape[-1]}×{data.shape[-1]} images, not {args.image_size}")
     if data.shape[1] != cfg.unet.channels:
+        if init_prior is not None:
+            raise ValueError(f"--init {args.init} takes {cfg.unet.channels}-channel images; {args.data!r} has {data.shape[1]}")
         cfg.unet = UNetConfig(**unet_kw, channels=data.shape[1])
         cfg.validate()
     import hashlib
@@ -115,10 +138,12 @@ def _cmd_train(args) -> int:
         "dataset": {"spec": args.data, "n": int(data.shape[0]), "image_size": args.image_size, "sha256_16": digest, "seed": args.data_seed,
                     **({"value_range": reading} if reading else {})},
         "command": "priorshift " + " ".join(shlex.quote(a) for a in args.argv),
+        **({"init": init_meta} if init_meta else {}),
     }
     grid = Path(args.out) / f"{cfg.name}_samples.png"
     done_before = trained_steps(args.out) == cfg.steps and (Path(args.out) / f"{cfg.name}.safetensors").exists()
-    path = train(cfg, data, args.out, meta=meta, progress=not args.quiet)
+    init = None if init_prior is None else {k: v.detach().clone() for k, v in init_prior.net.state_dict().items()}
+    path = train(cfg, data, args.out, meta=meta, progress=not args.quiet, init=init)
     if not done_before:
         print(f"priorshift train: wrote {path} and {path.with_suffix('.json').name}")
     if args.grid and not (done_before and grid.exists()):
@@ -558,7 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--out", required=True, help="run directory (checkpoints, the prior, the sample grid)")
     t.add_argument("--name", default=None, help="prior name (default: the run directory's name)")
-    t.add_argument("--widths", default="16,32,64,128", help="UNet channels per level, finest first (default 16,32,64,128)")
+    t.add_argument("--widths", default=None, help="UNet channels per level, finest first (default 16,32,64,128; with --init: the prior's)")
+    t.add_argument("--init", default=None, metavar="PRIOR",
+                   help="fine-tune: start from this prior's weights (bundled name or path; its architecture is used)")
     t.add_argument("--no-attention", action="store_true", help="no self-attention at the lowest resolution")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)

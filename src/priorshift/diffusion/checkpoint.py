@@ -27,7 +27,7 @@ from priorshift.diffusion.unet import UNet, UNetConfig
 from priorshift.io import atomic_write, atomic_write_json  # also still imported from here by callers not yet moved
 from priorshift.registry import register
 
-__all__ = ["save_prior", "load_prior", "bundled_priors", "WEIGHTS_DIR", "FORMAT"]
+__all__ = ["save_prior", "load_prior", "resolve_prior_path", "bundled_priors", "WEIGHTS_DIR", "FORMAT"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 FORMAT = "priorshift-prior/1"
@@ -63,7 +63,7 @@ def bundled_priors() -> dict[str, dict]:
     return json.loads(manifest.read_text())
 
 
-def _resolve(name_or_path: str | Path) -> Path:
+def resolve_prior_path(name_or_path: str | Path) -> Path:
     s = str(name_or_path)
     bundled = bundled_priors()
     if s in bundled:
@@ -91,7 +91,7 @@ def _resolve(name_or_path: str | Path) -> Path:
 def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu") -> EDMDenoiser:
     """A bundled prior by name (``"phantom-ct-64"``, ``"fashion-mnist-32"``) or a checkpoint path → an
     eval-mode :class:`EDMDenoiser` taking ``(B, C, H, W)`` float tensors in [-1, 1] and ``sigma`` of shape (B,)."""
-    path = _resolve(name_or_path)
+    path = resolve_prior_path(name_or_path)
     config_path = path.with_suffix(".json")
     if not config_path.exists():
         raise ValueError(f"{path.name} has no config {config_path.name} beside it; a priorshift prior is NAME.safetensors + NAME.json")
