@@ -8,7 +8,8 @@ import torch
 from priorshift.diffusion import CountingDenoiser, karras_sigmas
 from priorshift.operators import Identity, Inpainting, ParallelBeamCT, random_pixel_mask
 from priorshift.registry import get, names
-from priorshift.samplers import TraceRecorder, sample_dps, sample_exact, sample_projection, sample_unconditional
+from priorshift.analytic import GaussianPrior
+from priorshift.samplers import TraceRecorder, sample_dps, sample_exact, sample_pigdm, sample_projection, sample_unconditional
 
 # Monte-Carlo tolerances for n i.i.d. samples (d = 256 dimensions):
 # * mean: each coordinate's z-score (m̂ − m)/(sd/√n) is N(0, 1); P(max over 256 > 5) ≤ 256·5.7e-7 ≈ 1.5e-4;
@@ -93,6 +94,43 @@ def test_approximate_samplers_land_near_posterior_mean(gauss16, sampler, op_name
     err = (res.x0.mean(1) - mean).pow(2).mean().sqrt()
     prior_err = (gauss16.mean[0].reshape(1, 1, 16, 16) - mean).pow(2).mean().sqrt()
     assert err / prior_err < bound, f"relative error {float(err / prior_err):.3f}"
+
+
+@pytest.mark.parametrize("op_name", ["inpainting", "ct"])
+@pytest.mark.parametrize("jacobian", [False, True])
+def test_pigdm_is_exact_on_an_isotropic_gaussian(op_name, jacobian):
+    # For N(μ, σ_d² I), p_σ(y | x) = N(y; A D(x, σ), σ_y² I + r_σ² A Aᵀ) exactly and ∂D/∂x = (r_σ²/σ²) I, so ΠGDM's
+    # step is the exact likelihood step: with the same seeds, every update and every sample equals sample_exact's.
+    prior = GaussianPrior(0.1, 0.25 * torch.eye(64, dtype=torch.float64), (1, 8, 8))
+    if op_name == "inpainting":
+        op = Inpainting(mask=random_pixel_mask(8, 0.5, generator=torch.Generator().manual_seed(0)).double(), noise_std=0.1)
+    else:
+        op = ParallelBeamCT(image_size=8, n_views=4, noise_std=0.2)
+    y = op(prior.sample(2, torch.Generator().manual_seed(1)), seed=[1, 2])
+    runs = {}
+    for name, fn, kw in (("exact", sample_exact, {}), ("pigdm", sample_pigdm, {"damping": 0.0, "jacobian": jacobian})):
+        updates = []
+        res = fn(prior, op, y, karras_sigmas(20, 0.002, 80.0), samples=3, seed=[0, 1], hooks=[lambda s: updates.append(s.likelihood_update.clone())], **kw)
+        runs[name] = torch.stack(updates), res.x0
+    assert runs["exact"][0].abs().max() > 0.1
+    torch.testing.assert_close(runs["pigdm"][0], runs["exact"][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(runs["pigdm"][1], runs["exact"][1], rtol=0, atol=1e-12)
+
+
+def test_pigdm_step_grows_with_the_disagreement(gauss8):
+    # Unlike normalised DPS (fixed length ζ per step), ΠGDM's measurement displacement scales with y − A x̂0.
+    op = Inpainting(mask=random_pixel_mask(8, 0.5, generator=torch.Generator().manual_seed(0)).double(), noise_std=0.1)
+    y = op(gauss8.sample(3, torch.Generator().manual_seed(1)), seed=[1, 2, 3])
+
+    def energy(sampler, yy, **kw):
+        total = []
+        sampler(gauss8, op, yy, karras_sigmas(15, 0.002, 80.0), seed=[0, 1, 2], hooks=[lambda s: total.append(s.likelihood_update.pow(2).sum())], **kw)
+        return float(sum(total))
+
+    assert energy(sample_pigdm, 10 * y) > 20 * energy(sample_pigdm, y)
+    assert energy(sample_dps, 10 * y, jacobian=False) < 2 * energy(sample_dps, y, jacobian=False)
+    with pytest.raises(ValueError, match="sigma_data"):
+        sample_pigdm(lambda x, s: x, op, y, karras_sigmas(5, 0.002, 80.0))
 
 
 @pytest.mark.parametrize("op_name", ["ct", "blur"])

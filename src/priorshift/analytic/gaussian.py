@@ -79,6 +79,11 @@ class GaussianPrior:
     def dim(self) -> int:
         return self.cov.shape[0]
 
+    @property
+    def sigma_data(self) -> float:
+        """The data's standard deviation per pixel, ``sqrt(tr Σ / d)`` (EDM's σ_data; read by ΠGDM)."""
+        return math.sqrt(float(self.cov.diagonal().mean()))
+
     # -- denoising ------------------------------------------------------------------------------------
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         check_image(x, "x", channels=self.shape[0], size=self.shape[1:])

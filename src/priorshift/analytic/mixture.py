@@ -51,6 +51,14 @@ class GaussianMixturePrior:
     def n_components(self) -> int:
         return self.covs.shape[0]
 
+    @property
+    def sigma_data(self) -> float:
+        """The data's standard deviation per pixel around the mixture mean (EDM's σ_data; read by ΠGDM):
+        ``sqrt((Σ_k π_k (tr Σ_k + ‖μ_k − μ̄‖²)) / d)`` with the first row's weights and means."""
+        w, mu = self.weights[0], self.means[0]
+        spread = (mu - (w[:, None] * mu).sum(0)).pow(2).sum(1)
+        return math.sqrt(float((w * (self.covs.diagonal(dim1=1, dim2=2).sum(1) + spread)).sum()) / mu.shape[1])
+
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         check_image(x, "x", channels=self.shape[0], size=self.shape[1:])
         sigma = check_sigma(sigma, x.shape[0])

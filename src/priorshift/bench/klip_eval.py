@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from priorshift.detectors.base import score_batches
-from priorshift.detectors.klip import KLIP, aggregate_step_maps, image_score, window_steps
+from priorshift.detectors.klip import KLIP, aggregate_step_maps, image_score, spread_normalized, window_steps
 from priorshift.io import atomic_write, atomic_write_json
 from priorshift.metrics import block_auroc, ood_metrics
 
@@ -47,6 +47,7 @@ class Trace:
     kl_nats: Tensor
     reconstruction: Tensor
     sigmas: Tensor
+    spread_maps: Tensor | None = None  # (N, T, h, w) per-step posterior spread per block (S ≥ 2; newer traces only)
 
     @property
     def n(self) -> int:
@@ -59,6 +60,8 @@ class Trace:
         path = Path(path)
         tensors = {"step_maps": self.step_maps.contiguous(), "kl_nats": self.kl_nats.contiguous(),
                    "reconstruction": self.reconstruction.contiguous(), "sigmas": self.sigmas.contiguous()}
+        if self.spread_maps is not None:
+            tensors["spread_maps"] = self.spread_maps.contiguous()
         atomic_write(path, lambda tmp: save_file(tensors, tmp))
         atomic_write_json(path.with_suffix(".json"), {"key": key, "layout": "images-first", "base_block": self.base_block, "n_steps": self.n_steps,
                                                       "nfe_per_image_full": self.nfe_per_image_full, "seconds": self.seconds})
@@ -81,7 +84,8 @@ class Trace:
         block = meta.get("base_block", base_block)
         if block is None:
             raise ValueError(f"{meta_path} does not record its base block; pass base_block=")
-        return cls(maps, int(block), meta["n_steps"], meta["nfe_per_image_full"], meta["seconds"], t["kl_nats"], t["reconstruction"], t["sigmas"])
+        return cls(maps, int(block), meta["n_steps"], meta["nfe_per_image_full"], meta["seconds"], t["kl_nats"], t["reconstruction"], t["sigmas"],
+                   t.get("spread_maps"))
 
 
 def score_set(prior, operator, y: Tensor, *, seed, base_block: int, batch_size: int = 16, progress=None, **klip_kwargs) -> Trace:
@@ -98,6 +102,7 @@ def score_set(prior, operator, y: Tensor, *, seed, base_block: int, batch_size: 
         kl_nats=s.kl_nats,
         reconstruction=s.reconstruction.float(),
         sigmas=det.sigmas,
+        spread_maps=s.extras.get("step_spread_maps"),
     )
 
 
@@ -118,15 +123,21 @@ class Setting:
     window: tuple[float, float]
     block: int | None
     variant: str = "klip"
+    score: str = "energy"  # or "spread": KLIP(score="spread"), from the trace's spread maps
+    spread_floor: float = 0.1
 
     def steps(self, n_steps: int) -> tuple[int, int]:
         return window_steps(self.window, n_steps)
 
     def maps(self, trace: Trace) -> Tensor:
         k0, k1 = self.steps(trace.n_steps)
-        if self.block is None:
-            return aggregate_step_maps(trace.step_maps, (k0, k1), pool=0)
-        return aggregate_step_maps(trace.step_maps, (k0, k1), pool=self.block // trace.base_block)
+        pool = 0 if self.block is None else self.block // trace.base_block
+        energy = aggregate_step_maps(trace.step_maps, (k0, k1), pool=pool)
+        if self.score == "energy":
+            return energy
+        if trace.spread_maps is None:
+            raise ValueError("score='spread' needs a trace with spread maps (scored with samples >= 2 by this version)")
+        return spread_normalized(energy, aggregate_step_maps(trace.spread_maps, (k0, k1), pool=pool), self.spread_floor)
 
     def nfe_per_image(self, trace: Trace) -> float:
         # Sampling stops at the window's end.
@@ -134,7 +145,8 @@ class Setting:
 
     def label(self) -> str:
         block = "image" if self.block is None else f"{self.block}px"
-        return f"window [{self.window[0]:.2f}, {self.window[1]:.2f}), block {block}"
+        extra = f", spread-normalized (floor {self.spread_floor:g})" if self.score == "spread" else ""
+        return f"window [{self.window[0]:.2f}, {self.window[1]:.2f}), block {block}{extra}"
 
 
 def evaluate(setting: Setting, trace_id: Trace, trace_ood: Trace, masks: Tensor | None = None, body_masks: Tensor | None = None) -> dict:
@@ -156,9 +168,10 @@ def _windows(grid: float = 0.05, min_width: float = 0.05) -> list[tuple[float, f
     return [(float(a), float(b)) for a, b in itertools.combinations(edges, 2) if b - a >= min_width - 1e-9]
 
 
-def tune(trace_id: Trace, trace_ood: Trace, masks: Tensor, body_masks: Tensor | None, *, blocks, objective: str = "dataset", grid: float = 0.05, variant: str = "klip") -> tuple[Setting, dict]:
-    """Grid-search (window, block) on a **tuning** split. ``objective``: ``"dataset"`` (AUROC, max over blocks)
-    or ``"image"`` (mean block AUROC). Ties are broken towards earlier-ending windows (fewer NFE)."""
+def tune(trace_id: Trace, trace_ood: Trace, masks: Tensor, body_masks: Tensor | None, *, blocks, objective: str = "dataset", grid: float = 0.05, variant: str = "klip",
+         scores: tuple[str, ...] = ("energy",)) -> tuple[Setting, dict]:
+    """Grid-search (window, block) — and the map's ``score`` among ``scores`` ("energy", "spread") — on a
+    **tuning** split. ``objective``: ``"dataset"`` (AUROC, max over blocks) or ``"image"`` (mean block AUROC). Ties are broken towards earlier-ending windows (fewer NFE)."""
     windows = _windows(grid) if variant in ("klip", "temporal_only") else [(0.0, 1.0)]
     # Without a spatial restriction the dataset-level score uses one block; a map needs blocks, so for the
     # image-level objective "no spatial restriction" means the finest block (no aggregation).
@@ -166,15 +179,15 @@ def tune(trace_id: Trace, trace_ood: Trace, masks: Tensor, body_masks: Tensor | 
     block_choices = list(blocks) if variant in ("klip", "spatial_only") else [unrestricted]
     best, best_key, best_res = None, None, None
     seen = set()
-    for window, block in itertools.product(windows, block_choices):
-        setting = Setting(window, block, variant)
+    for window, block, score in itertools.product(windows, block_choices, scores):
+        setting = Setting(window, block, variant, score)
         try:
             k0, k1 = setting.steps(trace_id.n_steps)
         except ValueError:
             continue  # empty at this step count
-        if (k0, k1, block) in seen:
+        if (k0, k1, block, score) in seen:
             continue  # the same steps as a window already tried
-        seen.add((k0, k1, block))
+        seen.add((k0, k1, block, score))
         res = evaluate(setting, trace_id, trace_ood, masks if objective == "image" else None, body_masks)
         value = res["auroc"] if objective == "dataset" else res["block_auroc_mean"]
         key = (round(value, 6), -window[1], -(window[1] - window[0]))

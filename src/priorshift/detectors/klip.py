@@ -52,11 +52,15 @@ from priorshift.samplers.hooks import ProgressBar, block_energy
 from priorshift.samplers.plan import SamplingPlan
 from priorshift.types import Scores, StepState
 
-__all__ = ["KLIP", "KLIPAccumulator", "aggregate_step_maps", "window_steps", "image_score", "VARIANTS", "NORMALIZATIONS", "REDUCTIONS"]
+__all__ = ["KLIP", "KLIPAccumulator", "aggregate_step_maps", "window_steps", "image_score", "spread_normalized", "VARIANTS", "NORMALIZATIONS",
+           "REDUCTIONS", "SCORES"]
 
+# ΠGDM's likelihood step carries the size of the disagreement between y and the prior (normalised DPS does not).
+DEFAULT_PLAN = {"sampler": "pigdm", "steps": 100}
 VARIANTS = ("klip", "whole_image", "spatial_only", "temporal_only")
 NORMALIZATIONS = ("g", "kl", "sigma_power", "none")
 REDUCTIONS = ("mean_of_squares", "square_of_mean")
+SCORES = ("energy", "spread")
 
 
 def _check_choice(value: str, name: str, choices) -> str:
@@ -86,6 +90,15 @@ def image_score(block_map: Tensor) -> Tensor:
     return block_map.flatten(1).max(1).values
 
 
+def spread_normalized(block_map: Tensor, spread_map: Tensor, floor: float) -> Tensor:
+    """``map / (spread + floor · mean_blocks(spread))`` per image (B, h, w): each block's likelihood energy in
+    units of the posterior's own uncertainty there, so that anatomy the prior is unsure of (edges, texture)
+    does not outrank a small shift in a region it is sure of. ``floor`` (> 0) keeps blocks where the S samples
+    agree (background) from dividing by ~0."""
+    ref = spread_map.flatten(1).mean(1).reshape(-1, 1, 1)
+    return block_map / (spread_map + floor * ref).clamp_min(torch.finfo(block_map.dtype).tiny)
+
+
 class KLIPAccumulator:
     """The per-step hook: accumulates KLIP's block map, the KL in nats and a per-step curve online.
 
@@ -102,6 +115,8 @@ class KLIPAccumulator:
         self.reduction = _check_choice(reduction, "reduction", REDUCTIONS)
         self.sigma_power, self.stage = sigma_power, stage
         self.block_sum: Tensor | None = None
+        self.spread_sum: Tensor | None = None  # S ≥ 2: Σ_window per-block posterior spread of x̂0
+        self.step_spread_maps: list[Tensor] = []
         self.kl = None
         self.n_window = 0
         self.curve: list[Tensor] = []  # per step: (B,) normalized update energy, mean over samples
@@ -156,11 +171,19 @@ class KLIPAccumulator:
         else:
             energy = block_energy(un.mean(1), self.block)
         energy = energy.to(torch.float64)
+        spread = None
+        if state.x0_hat.shape[1] >= 2:
+            x0 = state.x0_hat.detach()
+            spread = block_energy(x0 - x0.mean(1, keepdim=True), self.block).sum(1).to(torch.float64) / (x0.shape[1] - 1)  # (B, h, w)
         if self.keep_steps:
             self.step_maps.append(energy.to("cpu", torch.float32))
+            if spread is not None:
+                self.step_spread_maps.append(spread.to("cpu", torch.float32))
         if not in_window:
             return
         self.block_sum = energy if self.block_sum is None else self.block_sum + energy
+        if spread is not None:
+            self.spread_sum = spread if self.spread_sum is None else self.spread_sum + spread
         kl_step = kl_step.to(torch.float64)
         self.kl = kl_step if self.kl is None else self.kl + kl_step
         self.n_window += 1
@@ -174,8 +197,11 @@ class KLIP(Detector):
         prior: a denoiser ``D(x, σ)`` (a trained prior or an analytic one).
         operator: the forward model that produced ``y``.
         plan: the posterior sampler and its schedule — a :class:`~priorshift.samplers.SamplingPlan` or a mapping
-            of its fields (``{"sampler": "dps", "steps": 100, "jacobian": False, "zeta": 0.1}``); default DPS,
-            100 steps on the Karras schedule over the prior's σ range. The sampler must declare a likelihood stage.
+            of its fields (``{"sampler": "dps", "steps": 100, "jacobian": False, "zeta": 0.1}``); default ΠGDM
+            without the Jacobian (:func:`~priorshift.samplers.sample_pigdm`, a likelihood step whose size grows
+            with the disagreement between ``y`` and the prior), 100 steps on the Karras schedule over the prior's
+            σ range; a mapping without ``"sampler"`` keeps the default sampler. The sampler must declare a
+            likelihood stage.
         window: ``(a, b)`` fractions of the step list counted from the noisy end, ``0 ≤ a < b ≤ 1``; the steps
             ``round(a·T) ≤ k < round(b·T)`` are used (the paper's [65, 85) of 100 is ``(0.65, 0.85)``;
             :func:`window_steps`). Sampling stops at the window's end. ``window_sigma=(lo, hi)`` selects the steps
@@ -211,10 +237,18 @@ class KLIP(Detector):
         sigma_power: float = 0.5,
         reduction: str = "mean_of_squares",
         stage: str | None = None,
+        score: str = "energy",
+        spread_floor: float = 0.1,
         keep_step_maps: bool = False,
         progress: bool = False,
     ):
         self.variant = _check_choice(variant, "variant", VARIANTS)
+        self.score_kind = _check_choice(score, "score", SCORES)
+        if score == "spread" and samples < 2:
+            raise ValueError("score='spread' divides by the spread of the posterior samples: it needs samples >= 2")
+        if not (math.isfinite(float(spread_floor)) and spread_floor > 0):
+            raise ValueError(f"spread_floor must be a finite number > 0, got {spread_floor!r}")
+        self.spread_floor = float(spread_floor)
         self.normalization = _check_choice(normalization, "normalization", NORMALIZATIONS)
         self.reduction = _check_choice(reduction, "reduction", REDUCTIONS)
         if int(samples) != samples or samples < 1:
@@ -225,10 +259,14 @@ class KLIP(Detector):
             lo, hi = (float(v) for v in window_sigma)
             if not 0 <= lo < hi:
                 raise ValueError(f"window_sigma must be (lo, hi) with 0 <= lo < hi, got {window_sigma}")
-        self.plan = SamplingPlan.coerce(plan if plan is not None else {"sampler": "dps", "steps": 100})
+        if plan is None:
+            plan = DEFAULT_PLAN
+        elif isinstance(plan, Mapping) and "sampler" not in plan:
+            plan = {"sampler": DEFAULT_PLAN["sampler"], **plan}  # {"steps": 50}: KLIP's default sampler, 50 steps
+        self.plan = SamplingPlan.coerce(plan)
         stages = self.plan.likelihood_stages
         if not stages:
-            raise ValueError(f"sampler {self.plan.sampler!r} has no likelihood step, so KLIP has nothing to measure; use dps, projection, langevin or exact")
+            raise ValueError(f"sampler {self.plan.sampler!r} has no likelihood step, so KLIP has nothing to measure; use pigdm, dps, projection, langevin or exact")
         if stage is not None and stage not in stages:
             raise ValueError(f"sampler {self.plan.sampler!r} reports the likelihood stages {', '.join(stages)}, not {stage!r}")
         self.prior = prior
@@ -247,14 +285,14 @@ class KLIP(Detector):
 
     @classmethod
     def example(cls) -> "KLIP":
-        """KLIP with its default sampler (normalised DPS without the Jacobian), window and normalization on an 8×8
-        Gaussian prior under 50% pixel inpainting; 30 steps, 4-px blocks, 2 samples."""
+        """KLIP with its default sampler (ΠGDM without the Jacobian), window and normalization on an 8×8 Gaussian
+        prior under 50% pixel inpainting; 30 steps, 4-px blocks, 2 samples."""
         from priorshift.analytic import stationary_gaussian
         from priorshift.operators import Inpainting, random_pixel_mask
 
         prior = stationary_gaussian(8, length_scale=1.5, variance=0.25)
         mask = random_pixel_mask(8, 0.5, generator=torch.Generator().manual_seed(0)).double()
-        return cls(prior, Inpainting(mask=mask, noise_std=0.1), plan={"sampler": "dps", "steps": 30, "jacobian": False}, block=4, samples=2)
+        return cls(prior, Inpainting(mask=mask, noise_std=0.1), plan={**DEFAULT_PLAN, "steps": 30}, block=4, samples=2)
 
     def _resolve_window(self) -> tuple[int, int]:
         T = self.sigmas.numel() - 1
@@ -275,7 +313,8 @@ class KLIP(Detector):
 
     def _score(self, y: Tensor, *, seed, hooks: tuple) -> Scores:
         """Returns ``Scores`` with ``score`` (B,) = max over blocks, ``map`` (B, H/block, W/block), ``nfe``, and
-        extras ``kl_nats`` (B,), ``curve`` (B, T_run) normalized update energy per step, ``kl_curve`` (B, T_run)
+        extras ``energy_map`` (the map before any ``score="spread"`` normalization), ``spread_map`` (S ≥ 2: the
+        window-mean posterior spread per block), ``kl_nats`` (B,), ``curve`` (B, T_run) normalized update energy per step, ``kl_curve`` (B, T_run)
         each step's KL contribution in nats, ``reconstruction`` (B, C, H, W) — the mean over samples of the
         estimate where sampling stopped — and the run-level ``sigmas`` (T_run floats), ``window_steps``, ``block``,
         ``nfe_per_image``."""
@@ -298,6 +337,13 @@ class KLIP(Detector):
         result = self.plan.sample(as_counting(self.prior), self.operator, y, samples=self.samples, seed=seed, hooks=all_hooks, stop_after=k1)
         block_map = acc.block_sum / acc.n_window
         extras = {"step_maps": torch.stack(acc.step_maps, dim=1)} if self.keep_step_maps else {}
+        if acc.spread_sum is not None:
+            extras["spread_map"] = acc.spread_sum / acc.n_window
+            if self.keep_step_maps:
+                extras["step_spread_maps"] = torch.stack(acc.step_spread_maps, dim=1)
+        energy_map = block_map
+        if self.score_kind == "spread":
+            block_map = spread_normalized(block_map, extras["spread_map"], self.spread_floor)
         return Scores(
             score=image_score(block_map),
             map=block_map,
@@ -307,6 +353,7 @@ class KLIP(Detector):
                 "curve": torch.stack(acc.curve, dim=1),
                 "kl_curve": torch.stack(acc.kl_curve, dim=1),
                 "reconstruction": result.x0.mean(1),
+                "energy_map": energy_map,
                 "sigmas": tuple(acc.sigmas),
                 "window_steps": (k0, k1),
                 "block": block,
@@ -318,7 +365,8 @@ class KLIP(Detector):
     def config(self) -> dict[str, Any]:
         return {"detector": "klip", "plan": self.plan.describe(), "window": list(self.window), "window_sigma": self.window_sigma,
                 "block": self.block, "samples": self.samples, "variant": self.variant, "normalization": self.normalization,
-                "sigma_power": self.sigma_power, "reduction": self.reduction, "stage": self.stage}
+                "sigma_power": self.sigma_power, "reduction": self.reduction, "stage": self.stage, "score": self.score_kind,
+                "spread_floor": self.spread_floor}
 
     def __repr__(self) -> str:
         k0, k1 = self.window_steps

@@ -11,6 +11,7 @@ from priorshift.samplers.dps import sample_dps
 from priorshift.samplers.exact import sample_exact
 from priorshift.samplers.hooks import ProgressBar, TraceRecorder, block_energy
 from priorshift.samplers.langevin import sample_langevin
+from priorshift.samplers.pigdm import sample_pigdm
 from priorshift.samplers.plan import SamplingPlan
 from priorshift.samplers.projection import sample_projection
 from priorshift.samplers.unconditional import sample_unconditional
@@ -21,6 +22,7 @@ __all__ = [
     "sample_exact",
     "sample_dps",
     "sample_projection",
+    "sample_pigdm",
     "sample_langevin",
     "TraceRecorder",
     "ProgressBar",

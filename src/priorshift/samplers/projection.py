@@ -40,7 +40,7 @@ from priorshift.registry import register
 from priorshift.samplers._run import SamplerRun, likelihood_stages, prior_step, uses_noise_std
 from priorshift.types import SampleResult
 
-__all__ = ["sample_projection", "SpectralPinv"]
+__all__ = ["sample_projection", "SpectralPinv", "DampedPseudoInverse"]
 
 
 def _largest_eigenvalue(operator, y: Tensor, iters: int = 20) -> float:
@@ -104,6 +104,38 @@ def _spectral_pinv(operator, y: Tensor) -> SpectralPinv:
     return cached
 
 
+class DampedPseudoInverse:
+    """``r ↦ Aᵀ (A Aᵀ + (ε + damping · ‖A Aᵀ‖) I)⁻¹ r`` for any ``ε ≥ 0``, built once per sampler call.
+
+    Exact-pinv operators (``pinv_is_exact``: ``A Aᵀ = λ I`` on its range): ``λ / (λ + ε') · A⁺ r``; small
+    measurements (at most ``spectral_max`` entries): the cached eigendecomposition (:class:`SpectralPinv`);
+    otherwise ``cg_iters`` conjugate-gradient iterations (:meth:`LinearOperator.pinv_damped`). ``damping``
+    defaults to 0 for exact-pinv operators and 1e-2 otherwise (keeps sparse-view CT and blur well conditioned).
+    """
+
+    def __init__(self, operator, y: Tensor, *, damping: float | None = None, cg_iters: int = 20, spectral_max: int = 4096):
+        self.operator = operator
+        self.exact = bool(getattr(operator, "pinv_is_exact", False))
+        self.damping = (0.0 if self.exact else 1e-2) if damping is None else float(damping)
+        if not (math.isfinite(self.damping) and self.damping >= 0):
+            raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+        self.cg_iters = int(cg_iters)
+        self.spectral = None
+        if not self.exact and 0 < y[0].numel() <= spectral_max:
+            self.spectral = _spectral_pinv(operator, y)
+            self.lam = float(self.spectral.eigenvalues[-1])
+        else:
+            self.lam = _largest_eigenvalue(operator, y)
+
+    def __call__(self, r: Tensor, eps: float) -> Tensor:
+        A, eps = self.operator, float(eps) + self.damping * self.lam
+        if self.exact:
+            return (self.lam / (self.lam + eps)) * A.A_pinv(r)
+        if self.spectral is not None:
+            return self.spectral(A, r, eps)
+        return A.pinv_damped(r, eps, n_iter=self.cg_iters)
+
+
 @register("sampler", "projection")
 @likelihood_stages("corrector", "predictor")
 @uses_noise_std(True)
@@ -136,28 +168,14 @@ def sample_projection(
         raise ValueError(f"weight (λ) must be in (0, 1], got {weight}")
     run = SamplerRun(denoiser, operator, y, sigmas, samples=samples, seed=seed, hooks=hooks, stop_after=stop_after)
     D, A = run.denoiser, operator
-    exact = bool(getattr(A, "pinv_is_exact", False))
-    if damping is None:
-        damping = 0.0 if exact else 1e-2
-    spectral = None
-    if not exact and 0 < run.y[0].numel() <= spectral_max:
-        spectral = _spectral_pinv(A, run.y)
-        lam = float(spectral.eigenvalues[-1])
-    else:
-        lam = _largest_eigenvalue(A, run.y)
+    pinv = DampedPseudoInverse(A, run.y, damping=damping, cg_iters=cg_iters, spectral_max=spectral_max)
     noise_var = float(A.noise_std) ** 2
 
     def project(x, level):
         if level == 0 and noise_var > 0:
             return torch.zeros_like(x)  # infinitely soft: at σ = 0 the iterate is trusted over noisy data
-        eps = (noise_var / level**2 if noise_var > 0 else 0.0) + damping * lam
         y_level = run.y_rep + level * A.A(run.noise()) if level > 0 else run.y_rep
-        r = y_level - A.A(x)
-        if exact:
-            return weight * (lam / (lam + eps)) * A.A_pinv(r)
-        if spectral is not None:
-            return weight * spectral(A, r, eps)
-        return weight * A.pinv_damped(r, eps, n_iter=cg_iters)
+        return weight * pinv(y_level - A.A(x), noise_var / level**2 if noise_var > 0 else 0.0)
 
     x = run.initial()
     x0 = x
