@@ -98,7 +98,8 @@ def damaged_copy(src: Path, dst: Path, *, keep_checksum: bool) -> Path:
 # -- 1. silent wrong results: must become an error ---------------------------------------------------------
 SILENT = {
     # DPS ignores operator.noise_std (its step is normalised): an explicit noise with --measurements is refused.
-    "dps-ignores-noise": (["score", "--measurements", "y8.npy", "--operator", "ct:views=8,noise=5.0"], ["noise=", "'dps'", "projection"]),
+    "dps-ignores-noise": (["score", "--measurements", "y8.npy", "--operator", "ct:views=8,noise=5.0", "--plan", "sampler=dps"],
+                          ["noise=", "'dps'", "projection"]),
     "langevin-ignores-noise": (["score", "--measurements", "y8.npy", "--operator", "ct:views=8,noise=0.01", "--plan", "sampler=langevin",
                                 "--plan", "inner=1"], ["noise=", "'langevin'"]),
     "unconditional-sampler": (["score", "--images", "x8.npy", "--operator", "identity", "--plan", "sampler=unconditional"],

@@ -257,15 +257,20 @@ def _sampler(name: str):
 
 
 def _build_detector(args, prior, operator, image_size: int):
-    """The detector asked for, from the registry, with the task's defaults (KLIP) and ``--param`` / ``--plan``."""
+    """The detector asked for, from the registry, with the task's defaults (KLIP) and ``args.param_values`` /
+    ``args.plan_values`` (``--param`` / ``--plan`` over the [param] / [plan] of ``--config``)."""
+    import copy
+
     from priorshift.registry import get
     from priorshift.tasks import get_task
 
     cls = get("detector", args.detector)
-    from priorshift.operators.spec import parse_pairs
-
-    params = parse_pairs(args.param, "--param")
-    plan = {**params.pop("plan", {}), **parse_pairs(args.plan, "--plan")}
+    params = copy.deepcopy(dict(args.param_values))
+    plan = {**params.pop("plan", {}), **args.plan_values}
+    accepted = _init_params(cls)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"{_param_source(args, unknown[0])} is not a parameter of --detector {args.detector} (its parameters: {', '.join(accepted)})")
     if args.detector == "klip" and args.task:
         task = get_task(args.task)
         base = {"plan": dict(task.plan), "samples": task.samples, **task.klip_settings["dataset"]}
@@ -279,23 +284,35 @@ def _build_detector(args, prior, operator, image_size: int):
         try:
             window_steps(params["window"], 10**6)  # its form and range; the detector checks it against its schedule
         except ValueError as e:
-            raise ValueError(f"--param window={_raw_param(args.param, 'window')}: {e}") from None
-    if args.quiet is False and "progress" in _init_params(cls):
+            raise ValueError(f"{_param_source(args, 'window')}: {e}") from None
+    if args.quiet is False and "progress" in accepted:
         params.setdefault("progress", True)
     try:
         if cls.input_kind == "measurements":
             return cls(prior, operator, **params)
         return cls(prior, **params)
     except TypeError as e:
-        raise ValueError(f"--detector {args.detector}: {e} (its parameters: {', '.join(_init_params(cls))})") from None
+        raise ValueError(f"--detector {args.detector}: {e} (its parameters: {', '.join(accepted)})") from None
 
 
-def _raw_param(items, key: str) -> str:
-    for item in reversed(items or ()):
+def _wrap_detector(args, det, operator, kind: str):
+    """An image detector scoring measurements goes through :class:`~priorshift.detectors.FromMeasurements`."""
+    if kind == "measurements" and det.input_kind == "images":
+        from priorshift.detectors import FromMeasurements
+
+        return FromMeasurements(det, operator, plan=args.plan_values or None)
+    return det
+
+
+def _param_source(args, key: str) -> str:
+    """Where detector parameter ``key`` was set: ``--param key=RAW`` or ``--config FILE [param] key = VALUE``."""
+    for item in reversed(args.param or ()):
         k, _, v = item.partition("=")
         if k == key:
-            return v
-    return "?"
+            return f"--param {key}={v}"
+    if key in getattr(args, "file_params", ()):
+        return f"--config {args.config}: [param] {key} = {toml_value(_plain(args.param_values[key]))}"
+    return f"--param {key}"
 
 
 def _init_params(cls) -> list[str]:
@@ -304,7 +321,386 @@ def _init_params(cls) -> list[str]:
     return [n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
+# -- TOML: the score config (written by a small emitter, read by tomllib) ----------------------------------
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(s: str) -> str:
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif o < 0x20 or o == 0x7F:
+            out.append(f"\\u{o:04x}")
+        elif 0xD800 <= o <= 0xDFFF:
+            raise ValueError(f"the string {s!r} holds a lone surrogate (U+{o:04X}), which TOML cannot represent")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"TOML keys are strings, got {key!r}")
+    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else _toml_string(key)
+
+
+def toml_value(value) -> str:
+    """One TOML value: str, int (64-bit), float (inf / nan included), bool, a list / tuple of values (an array) or
+    a mapping (an inline table). ``None`` and other types are a ``TypeError``: TOML has no null."""
+    import math
+    from collections.abc import Mapping
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"the integer {value} does not fit TOML's 64-bit integers")
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)  # shortest round-trip form; always holds '.' or 'e' (1.0, 1e-08, 1e+16)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"{type(value).__name__} values cannot be written as TOML (got {value!r})")
+
+
+def toml_dumps(data) -> str:
+    """``data`` (a mapping of str keys to TOML values) as a TOML document that :mod:`tomllib` reads back equal
+    (tuples come back as lists). Nested mappings become ``[a.b]`` tables, mappings inside lists inline tables."""
+    from collections.abc import Mapping
+
+    if not isinstance(data, Mapping):
+        raise TypeError(f"a TOML document is a mapping, got {type(data).__name__}")
+    lines: list[str] = []
+
+    def table(t: Mapping, path: tuple) -> None:
+        own = [(k, v) for k, v in t.items() if not isinstance(v, Mapping)]
+        subs = [(k, v) for k, v in t.items() if isinstance(v, Mapping)]
+        if path and (own or not subs):  # a table without own keys exists through its sub-tables' headers
+            lines.extend(["", "[" + ".".join(_toml_key(p) for p in path) + "]"])
+        lines.extend(f"{_toml_key(k)} = {toml_value(v)}" for k, v in own)
+        for k, v in subs:
+            table(v, (*path, k))
+
+    table(data, ())
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_loads(text: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    return tomllib.loads(text)
+
+
+def _plain(value):
+    """Plain TOML-able values: tuples → lists, paths and devices → str, 0-d numpy / torch values → Python numbers."""
+    from collections.abc import Mapping
+
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    return str(value)
+
+
+def _drop_none(value):
+    """``value`` without the ``None`` entries TOML cannot hold (a parameter left out takes its default)."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
+
+
+# What a score config.toml may set: the options of `priorshift score` (by their argparse names), [param] and
+# [plan] (the detector's parameters and sampling plan) and [run] (what the run resolved to and cost; not read).
+SCORE_CONFIG_KEYS = {"task": str, "prior": str, "detector": str, "operator": str, "mask": str, "measurements": str, "images": str,
+                     "value_range": str, "fit": str, "seed": int, "batch_size": int, "device": str, "threads": int, "out": str,
+                     "param": dict, "plan": dict, "run": dict}
+_CONFIG_PATH_KEYS = ("mask", "measurements", "images", "fit", "out")
+_PLAN_FIELDS = ("sampler", "steps", "schedule", "sigma_min", "sigma_max")
+VALUE_RANGE_CHOICES = ["uint8", "uint16", "unit", "symmetric"]
+
+
+def read_score_config(path) -> tuple[Path, dict]:
+    """Read and check a score ``config.toml`` (or the directory holding one): ``(file, settings)``. Relative paths
+    in it are relative to the file's directory. Every failure is a one-line ``ValueError`` naming the file."""
+    from priorshift.diffusion.checkpoint import bundled_priors
+
+    file = Path(path)
+    if file.is_dir():
+        file = file / "config.toml"
+    if not file.is_file():
+        raise ValueError(f"--config {path}: no such file (give the config.toml a score run wrote, or its directory)")
+    try:
+        cfg = _toml_loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"--config {file} is not a UTF-8 text file") from None
+    except ValueError as e:  # tomllib.TOMLDecodeError
+        raise ValueError(f"--config {file} is not valid TOML: {e}") from None
+    unknown = sorted(set(cfg) - set(SCORE_CONFIG_KEYS))
+    if unknown:
+        more = f" (and {', '.join(map(repr, unknown[1:]))})" if len(unknown) > 1 else ""
+        raise ValueError(f"--config {file}: unknown key {unknown[0]!r}{more}; a score config takes {', '.join(SCORE_CONFIG_KEYS)}")
+    names = {str: "a string", int: "an integer", dict: "a table"}
+    for key, value in cfg.items():
+        kind = SCORE_CONFIG_KEYS[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"--config {file}: {key} must be {names[kind]}, got {toml_value(_plain(value)) if not isinstance(value, dict) else 'a table'}")
+    if cfg.get("value_range") not in (None, *VALUE_RANGE_CHOICES):
+        raise ValueError(f"--config {file}: value_range must be one of {', '.join(VALUE_RANGE_CHOICES)}, got {cfg['value_range']!r}")
+    if not isinstance(cfg.get("param", {}).get("plan", {}), dict):
+        raise ValueError(f"--config {file}: [param] plan must be a table (or use [plan])")
+    base = file.parent.absolute()
+    for key in _CONFIG_PATH_KEYS:
+        if key in cfg and not Path(cfg[key]).expanduser().is_absolute():
+            cfg[key] = str(base / cfg[key])
+    if "prior" in cfg and cfg["prior"] not in bundled_priors() and not Path(cfg["prior"]).expanduser().is_absolute():
+        cfg["prior"] = str(base / cfg["prior"])
+    return file, cfg
+
+
+def _explicit_score_flags(argv) -> set[str]:
+    """The ``score`` options given on the command line ``argv`` (argparse names), whatever their value."""
+    tail = list(argv or ())
+    for i, a in enumerate(tail):
+        if not a.startswith("-"):  # the sub-command (global options come before it)
+            tail = tail[i + 1:]
+            break
+    p = argparse.ArgumentParser(add_help=False)
+    _add_score_arguments(p, suppress=True)
+    given, _ = p.parse_known_args(tail)
+    return set(vars(given))
+
+
+def _apply_score_config(args) -> None:
+    """Parse ``--param`` / ``--plan`` into ``args.param_values`` / ``args.plan_values`` and, with ``--config``, take
+    every setting the command line does not give from the file: options given win, ``--param`` / ``--plan`` win
+    key by key; another ``--detector`` drops the file's [param] and [plan], another ``--plan sampler=`` the
+    file's sampler parameters, and ``--measurements`` / ``--images`` replace the file's input."""
+    import copy
+
+    from priorshift.operators.spec import parse_pairs
+
+    param, plan = parse_pairs(args.param, "--param"), parse_pairs(args.plan, "--plan")
+    args.from_file, args.file_params, args.recorded_run = set(), set(), {}
+    if args.config:
+        file, cfg = read_score_config(args.config)
+        args.config = str(file)
+        given = _explicit_score_flags(getattr(args, "argv", ()))
+        if given & {"measurements", "images"}:
+            cfg.pop("measurements", None), cfg.pop("images", None)
+        if "detector" in given and args.detector != cfg.get("detector", "klip"):
+            cfg.pop("param", None), cfg.pop("plan", None)
+        file_param, file_plan = copy.deepcopy(cfg.pop("param", {})), cfg.pop("plan", {})
+        if "sampler" in plan and plan["sampler"] != file_plan.get("sampler"):
+            file_plan = {k: v for k, v in file_plan.items() if k in _PLAN_FIELDS and k != "sampler"}
+        args.recorded_run = cfg.pop("run", {})
+        for key, value in cfg.items():
+            if key not in given:
+                setattr(args, key, value)
+                args.from_file.add(key)
+        args.file_params = set(file_param) - set(param)
+        inner = {**file_param.pop("plan", {}), **param.pop("plan", {})}
+        param = {**file_param, **param, **({"plan": inner} if inner else {})}
+        plan = {**file_plan, **plan}
+    args.param_values, args.plan_values = param, plan
+
+
+def check_device(name: str):
+    """``--device NAME`` as a ``torch.device``; a clear error when it does not exist or is not available here."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {name!r} is not a torch device; give cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {name}: CUDA is not available ({why}; torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: only cpu, cuda and mps devices are supported")
+    return dev
+
+
+def _file_digest(path) -> str | None:
+    """The first 16 hex digits of a file's SHA-256 (``None`` for no file)."""
+    if not path or not Path(path).is_file():
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _resolved_detector_settings(args, det, prior, op, size: int, kind: str) -> tuple[dict, dict]:
+    """``(param, plan)`` for config.toml: the detector's every parameter (its defaults included) and its resolved
+    sampling plan when building it again from them gives the same detector (equal ``config()``); otherwise the
+    parameters and plan as given."""
+    from priorshift.detectors import FromMeasurements
+
+    given_param = {k: v for k, v in args.param_values.items() if k != "plan"}
+    given_plan = {**args.param_values.get("plan", {}), **args.plan_values}
+    fallback = _drop_none(_plain(given_param)), _drop_none(_plain(given_plan))
+    wrapped = isinstance(det, FromMeasurements)
+    base = det.image_detector if wrapped else det
+    if not hasattr(base, "config"):
+        return fallback
+    accepted = set(_init_params(type(base))) - {"plan", "progress"}
+    param = {**{k: v for k, v in base.config().items() if k in accepted}, **given_param}
+    plan = given_plan
+    described = getattr(getattr(base, "plan", None), "describe", None)
+    if not wrapped and "plan" in _init_params(type(base)) and callable(described):
+        d = described()
+        plan = {**{k: v for k, v in d.items() if k != "params"}, **_sampler_defaults(d["sampler"]), **d.get("params", {})}
+    param, plan = _drop_none(_plain(param)), _drop_none(_plain(plan))
+    trial = argparse.Namespace(**{**vars(args), "param_values": param, "plan_values": plan, "quiet": True})
+    try:
+        again = _wrap_detector(trial, _build_detector(trial, prior, op, size), op, kind)
+        same = _complete_plans(_plain(again.config())) == _complete_plans(_plain(det.config()))
+    except (ValueError, TypeError):
+        same = False
+    return (param, plan) if same else fallback
+
+
+def _sampler_defaults(name: str) -> dict:
+    """A registered sampler's own parameters with their defaults (``None`` defaults left out)."""
+    import inspect
+
+    from priorshift.samplers.plan import _RESERVED
+
+    fn = _sampler(name)
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in _RESERVED and p.default is not inspect.Parameter.empty and p.default is not None}
+
+
+def _complete_plans(cfg):
+    """A detector config with each described sampling plan's parameters completed by the sampler's defaults, so
+    that a plan given its defaults explicitly compares equal to one that takes them implicitly."""
+    if isinstance(cfg, dict):
+        out = {k: _complete_plans(v) for k, v in cfg.items()}
+        if isinstance(out.get("sampler"), str) and isinstance(out.get("params"), dict):
+            out["params"] = {**_plain(_sampler_defaults(out["sampler"])), **out["params"]}
+        return out
+    if isinstance(cfg, list):
+        return [_complete_plans(v) for v in cfg]
+    return cfg
+
+
+def _spec_with_noise(args, det, op, size: int) -> str | None:
+    """``--operator``'s spec with the operator's noise level written out (``noise_std=``) where it acts; without
+    ``--operator``, the task's operator as a spec when its parameters are plain values and the spec rebuilds it."""
+    spec = args.operator
+    if not spec and args.task:
+        from priorshift.operators.spec import operator_from_spec
+        from priorshift.tasks import get_task
+
+        task = get_task(args.task)
+        if not all(isinstance(v, (bool, int, float, str)) for v in task.operator_params.values()):
+            return None
+        spec = task.operator + ":" + ",".join(f"{k}={v!r}" for k, v in task.operator_params.items())
+        try:
+            same = repr(operator_from_spec(spec, size)) == repr(op)
+            _check_noise_acts(argparse.Namespace(**{**vars(args), "operator": spec}), det)
+        except ValueError:
+            same = False
+        return spec if same else None
+    if not spec or "noise_std" in _spec_keys(spec):
+        return spec
+    full = f"{spec}{',' if ':' in spec else ':'}noise_std={op.noise_std!r}".replace(":,", ":")
+    try:
+        _check_noise_acts(argparse.Namespace(**{**vars(args), "operator": full}), det)
+    except ValueError:
+        return spec  # with --measurements and a detector that ignores the noise level, noise= is refused
+    return full
+
+
+def _abs_prior(name: str) -> str:
+    from priorshift.diffusion.checkpoint import bundled_priors
+
+    return name if name in bundled_priors() else str(Path(name).expanduser().absolute())
+
+
+def _score_config_toml(args, *, prior_name, prior, op, det, size, kind, n, out, config, readings) -> str:
+    """The resolved configuration of a score run as a TOML document that ``score --config`` reads back."""
+    import datetime
+    import os
+    import platform
+
+    param, plan = _resolved_detector_settings(args, det, prior, op, size, kind)
+    doc = {"task": args.task, "prior": _abs_prior(str(prior_name)), "detector": args.detector, "operator": _spec_with_noise(args, det, op, size)}
+    doc.update({k: str(Path(getattr(args, k)).expanduser().absolute()) for k in ("mask", "measurements", "images", "fit") if getattr(args, k)})
+    doc.update(value_range=args.value_range, seed=args.seed, batch_size=args.batch_size, device=args.device, threads=args.threads,
+               out=str(out.absolute()), param=param, plan=plan)
+    run = {
+        "operator": repr(op), "noise_std": float(op.noise_std), "input_kind": kind, "n": n, "value_range": readings or None,
+        "input_sha256": _file_digest(args.measurements or args.images), "fit_sha256": _file_digest(args.fit),
+        "prior_sha256": (getattr(prior, "config", None) or {}).get("weights_sha256"), "detector": det.config() if hasattr(det, "config") else None,
+        **{k: config[k] for k in ("nfe_total", "nfe_per_image", "seconds") if k in config},
+        "command": "priorshift " + " ".join(shlex.quote(str(a)) for a in getattr(args, "argv", ())),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs",
+        "versions": config.get("versions"),
+    }
+    doc["run"] = run
+    header = (
+        f"# priorshift score: the resolved configuration of this run (priorshift {priorshift.__version__}).\n"
+        f"# Rerun it: priorshift score --config {out.absolute() / 'config.toml'} --out NEW\n"
+        "# Options given with --config override the values here (--param / --plan key by key). Image i uses seed + i.\n"
+        "# [param] / [plan]: the detector's every parameter and its sampling plan; values left out (None) take their default.\n"
+        "# [run]: what the run resolved to and cost, for the record; it is not read back.\n\n"
+    )
+    return header + toml_dumps(_drop_none(_plain(doc)))
+
+
+def _scores_to_cpu(s):
+    import torch
+
+    from priorshift.types import Scores
+
+    cpu = lambda v: v.cpu() if isinstance(v, torch.Tensor) else v  # noqa: E731
+    return Scores(score=cpu(s.score), map=cpu(s.map), nfe=s.nfe, extras={k: cpu(v) for k, v in s.extras.items()})
+
+
 def _cmd_score(args) -> int:
+    try:
+        return _score(args)
+    except ValueError as e:
+        # A bad value taken from --config: say so (the message names the option it stands for).
+        flag = str(e).split(" ", 1)[0].split("=", 1)[0]
+        key = flag[2:].replace("-", "_") if flag.startswith("--") else None
+        if key and key in getattr(args, "from_file", ()) and key != "config":
+            raise ValueError(f"{e} (the {key} of --config {args.config})") from None
+        raise
+
+
+def _score(args) -> int:
     import csv
     import shutil
 
@@ -317,6 +713,7 @@ def _cmd_score(args) -> int:
     from priorshift.tasks import get_task
 
     # -- validate everything before anything is created --
+    _apply_score_config(args)
     rank = 0
     if args.distributed:
         from priorshift.distributed import check_env
@@ -329,17 +726,25 @@ def _cmd_score(args) -> int:
         raise ValueError("give exactly one of --measurements Y.npy (measured data) or --images X.npy (images to measure)")
     if int(args.batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = check_device(args.device)
     out = Path(args.out)
     _check_out_parent(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is an existing file; give a directory")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise ValueError(f"--out {out} already holds results; pass --overwrite to replace them, or choose another directory")
+    if args.recorded_run and rank == 0 and not args.quiet:
+        recorded = args.recorded_run.get("input_sha256")
+        if "measurements" in args.from_file or "images" in args.from_file:
+            now = _file_digest(args.measurements or args.images)
+            if recorded and now and now != recorded:
+                print(f"priorshift score: note: {args.measurements or args.images} changed since the recorded run (sha256 {recorded}… then, "
+                      f"{now}… now): the scores will differ", file=sys.stderr)
     task = get_task(args.task) if args.task else None
     prior_name = args.prior or (task.prior if task else None)
     if prior_name is None:
         raise ValueError("give --prior NAME|PATH (or --task NAME for a task's prior and settings)")
-    prior = load_prior(prior_name)
+    prior = load_prior(prior_name, device=device)
     size = prior.config["unet"]["image_size"]
     if args.operator:
         from priorshift.operators.spec import operator_from_spec
@@ -357,16 +762,12 @@ def _cmd_score(args) -> int:
         if tuple(x.shape[1:]) != (channels, size, size):
             raise ValueError(f"--images {args.images} holds {x.shape[-2]}×{x.shape[-1]} images with {x.shape[1]} channel(s); the prior "
                              f"{prior_name} takes {size}×{size} with {channels}: resize them, or use a prior of that size")
+        x = x.to(device)
         data = x if det.input_kind == "images" else op(x, seed=list(range(args.seed, args.seed + x.shape[0])))
         kind = "images" if det.input_kind == "images" else "measurements"
     else:
-        data, kind = _load_npy(args.measurements, "--measurements"), "measurements"
-    if kind == "measurements" and det.input_kind == "images":
-        from priorshift.detectors import FromMeasurements
-
-        from priorshift.operators.spec import parse_pairs
-
-        det = FromMeasurements(det, op, plan=parse_pairs(args.plan, "--plan") or None)
+        data, kind = _load_npy(args.measurements, "--measurements").to(device), "measurements"
+    det = _wrap_detector(args, det, op, kind)
     _check_noise_acts(args, det)
     try:
         det.check_input(data)
@@ -386,9 +787,10 @@ def _cmd_score(args) -> int:
         fit_is_images = det.input_kind == "images" or (fit.ndim == 4 and fit.shape[1:] != data.shape[1:])
         if fit_is_images or _is_integer_npy(args.fit):
             fit, readings["fit"] = _load_images(args.fit, "--fit", args.value_range)
+            fit = fit.to(device)
             if det.input_kind == "measurements":
                 fit = op(fit, seed=list(range(10**6 + args.seed, 10**6 + args.seed + fit.shape[0])))
-        det.fit(fit, seed=args.seed)
+        det.fit(fit.to(device), seed=args.seed)
     if not args.quiet and rank == 0:
         for what, reading in readings.items():
             print(_reading_note(f"--{'images' if what == 'input' else 'fit'}", args.images if what == "input" else args.fit, reading), file=sys.stderr)
@@ -402,13 +804,15 @@ def _cmd_score(args) -> int:
     n = data.shape[0]
     config = {"prior": str(prior_name), "operator": repr(op), "operator_spec": args.operator, "task": args.task,
               "detector": det.config() if hasattr(det, "config") else args.detector, "input": args.measurements or args.images,
-              "input_kind": kind, "value_range": readings or None, "fit": args.fit, "n": n, "seed": args.seed, "batch_size": args.batch_size}
+              "input_kind": kind, "value_range": readings or None, "fit": args.fit, "n": n, "seed": args.seed, "batch_size": args.batch_size,
+              "device": str(device)}
     if args.distributed:
         s = _score_distributed(args, det, data, config, prior, out)
         if s is None:  # not rank 0: its shard is scored; rank 0 merges and writes
             return 0
     else:
         s = score_batches(det, data, batch_size=args.batch_size, seed=args.seed, progress=progress)
+    s = _scores_to_cpu(s)
     # -- write into a temporary directory, then move it into place: never a half-written or mixed run --
     from priorshift.io import atomic_directory
 
@@ -427,7 +831,7 @@ def _cmd_score(args) -> int:
             from priorshift.bench.figures import heatmap_figure
 
             k = min(8, n)
-            shown = data[:k] if kind == "images" else op.A_pinv(data[:k])
+            shown = (data[:k] if kind == "images" else op.A_pinv(data[:k])).cpu()
             rec = s.extras.get("reconstruction")
             heatmap_figure(shown.float(), (rec[:k] if rec is not None else shown).float(), s.map[:k].float(), None, tmp / "heatmaps.png",
                            labels=[f"#{i}" for i in range(k)], measurement_title="x" if kind == "images" else "A⁺ y", title=repr(det))
@@ -435,7 +839,9 @@ def _cmd_score(args) -> int:
         config.update({"nfe_total": s.nfe, "nfe_per_image": s.nfe / n, "seconds": round(time.perf_counter() - t0, 2),
                        "versions": {"priorshift": priorshift.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}})
         atomic_write_json(tmp / "config.json", config)
-        files.append("config.json")
+        (tmp / "config.toml").write_text(_score_config_toml(args, prior_name=prior_name, prior=prior, op=op, det=det, size=size, kind=kind, n=n,
+                                                            out=out, config=config, readings=readings), encoding="utf-8")
+        files += ["config.json", "config.toml"]
     if args.distributed:
         from priorshift.distributed import work_dir_for
 
@@ -563,6 +969,51 @@ def _detector_names() -> list[str]:
     return names("detector")
 
 
+def _add_score_arguments(sc, *, suppress: bool = False) -> None:
+    """The options of ``score``; every help says its default. ``suppress``: no defaults at all, so that parsing
+    tells which options were given (``--config`` takes the others from its file)."""
+
+    def add(*flags, default=None, **kw):
+        sc.add_argument(*flags, default=argparse.SUPPRESS if suppress else default, **kw)
+
+    add("--config", metavar="FILE",
+        help="rerun a run: the config.toml it wrote (or its directory) — prior, operator with its noise, detector with every parameter, "
+             "plan, seeds, batch size, data; options given with it override the file's values (--param / --plan key by key; another "
+             "--detector drops the file's [param] and [plan]); relative paths in the file are relative to it (default: none)")
+    add("--task", help="a named task (" + ", ".join(_task_names()) + "): its prior, operator and tuned KLIP settings as defaults (default: none)")
+    add("--prior", help="bundled prior name or checkpoint path (default: the task's)")
+    add("--detector", default="klip", help="a registered detector: " + ", ".join(_detector_names()) + " (default: %(default)s)")
+    add("--param", action="append", default=[], metavar="K=V",
+        help="a detector parameter, e.g. window=0.4,0.75 or block=4; repeatable (default: none — the detector's defaults, with --task the task's KLIP settings)")
+    add("--plan", action="append", default=[], metavar="K=V",
+        help="a sampling-plan field or sampler parameter, e.g. sampler=dps, steps=50, zeta=0.1, jacobian=False; repeatable "
+             "(default: none — the detector's own plan, with --task the task's)")
+    add("--measurements", metavar="Y.npy", help="measurements, (N, ...) as the operator produces them (default: none; give this or --images)")
+    add("--images", metavar="X.npy",
+        help="images (N, 1, H, W) or (N, H, W): uint8 [0, 255], or float [0, 1] / [-1, 1] (see --value-range); measured with the operator "
+             "first (default: none; give this or --measurements)")
+    add("--value-range", choices=VALUE_RANGE_CHOICES,
+        help="how --images / --fit image files map to [-1, 1]: uint8 [0, 255], uint16, unit [0, 1] or symmetric [-1, 1] "
+             "(default: by dtype and range — float data within [0, 1] is read as [0, 1], which [-1, 1] data without "
+             "negative values cannot be told from; the reading used is printed and recorded in config.json)")
+    add("--fit", metavar="ID.npy", help="in-distribution data for detectors that are calibrated, measurements or images (default: none)")
+    add("--operator", metavar="SPEC",
+        help="NAME[:k=v,...]: ct:views=20,noise=0.5 | inpaint:p=0.5,block=4 | blur:kernel=7,sigma=1.5,noise=0.02 | sr:factor=2 | mri:accel=4 | "
+             "identity:noise=0.1 (default: the task's)")
+    add("--mask", metavar="MASK.npy", help="inpainting / MRI: a mask (1 = observed) instead of the spec's random one (default: none)")
+    add("--batch-size", type=int, default=16, help="images per batch; the result does not depend on it (default: %(default)s)")
+    add("--seed", type=int, default=0, help="image i uses seed + i for its noise and posterior samples (default: %(default)s)")
+    add("--device", default="cpu", help="torch device for the prior and every tensor: cpu, cuda, cuda:N (default: %(default)s)")
+    add("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's choice (default: %(default)s)")
+    add("--out", default="out/score", help="output directory, written atomically (default: %(default)s; with --config: the file's)")
+    add("--overwrite", action="store_true", default=False, help="replace an existing output directory (default: off)")
+    add("--quiet", action="store_true", default=False, help="no progress output (default: off)")
+    add("--distributed", action="store_true", default=False,
+        help="run under torchrun (torchrun --nproc-per-node N -m priorshift score ... --distributed): each rank scores "
+             "its share of the batches into OUT.partial/, rank 0 merges them into --out; the same command re-run after a "
+             "failure resumes without scoring finished samples again (default: off)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="priorshift", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"priorshift {priorshift.__version__}")
@@ -600,34 +1051,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
 
-    sc = sub.add_parser("score", help="score measurements (or images) with any registered detector: scores.csv, maps.npy, heatmaps.png, config.json",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sc.add_argument("--task", default=None, help="a named task (" + ", ".join(_task_names()) + "): its prior, operator and tuned KLIP settings as defaults")
-    sc.add_argument("--prior", default=None, help="bundled prior name or checkpoint path (default: the task's)")
-    sc.add_argument("--detector", default="klip", help="a registered detector: " + ", ".join(_detector_names()))
-    sc.add_argument("--param", action="append", default=[], metavar="K=V", help="a detector parameter, e.g. window=0.4,0.75 or block=4 (repeatable)")
-    sc.add_argument("--plan", action="append", default=[], metavar="K=V",
-                    help="a sampling-plan field or sampler parameter, e.g. sampler=dps, steps=50, zeta=0.1, jacobian=False (repeatable)")
-    sc.add_argument("--measurements", default=None, help="Y.npy: measurements, (N, ...) as the operator produces them")
-    sc.add_argument("--images", default=None, help="X.npy: images (N, 1, H, W) or (N, H, W): uint8 [0, 255], or float [0, 1] / [-1, 1] (see --value-range); measured with the operator first")
-    sc.add_argument("--value-range", default=None, choices=["uint8", "uint16", "unit", "symmetric"],
-                    help="how --images / --fit image files map to [-1, 1]: uint8 [0, 255], uint16, unit [0, 1] or symmetric [-1, 1] "
-                         "(default: by dtype and range — float data within [0, 1] is read as [0, 1], which [-1, 1] data without "
-                         "negative values cannot be told from; the reading used is printed and recorded in config.json)")
-    sc.add_argument("--fit", default=None, help="ID.npy: in-distribution data for detectors that are calibrated (measurements or images)")
-    sc.add_argument("--operator", default=None, metavar="SPEC",
-                    help="NAME[:k=v,...]: ct:views=20,noise=0.5 | inpaint:p=0.5,block=4 | blur:kernel=7,sigma=1.5,noise=0.02 | sr:factor=2 | mri:accel=4 | identity:noise=0.1")
-    sc.add_argument("--mask", default=None, help="inpainting / MRI: a mask .npy (1 = observed), instead of a random one")
-    sc.add_argument("--batch-size", type=int, default=16, help="images per batch (the result does not depend on it)")
-    sc.add_argument("--seed", type=int, default=0, help="image i uses seed + i for its noise and posterior samples")
-    sc.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
-    sc.add_argument("--out", default="out/score", help="output directory (written atomically)")
-    sc.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    sc.add_argument("--quiet", action="store_true", help="no progress output")
-    sc.add_argument("--distributed", action="store_true",
-                    help="run under torchrun (torchrun --nproc-per-node N -m priorshift score ... --distributed): each rank scores "
-                         "its share of the batches into OUT.partial/, rank 0 merges them into --out; the same command re-run after a "
-                         "failure resumes without scoring finished samples again")
+    sc = sub.add_parser("score", help="score measurements (or images) with any registered detector: scores.csv, maps.npy, heatmaps.png, "
+                        "config.json, config.toml (rerun it with --config)")
+    _add_score_arguments(sc)
     sc.set_defaults(func=_cmd_score)
 
     be = sub.add_parser("bench", help="run a benchmark grid (detectors × measurement domains) from a TOML config: results table + report.html",

@@ -1,0 +1,79 @@
+"""The "bring your own model" examples (``--tiny``, in a subprocess each) and the benchmark harness ``benchmarks/run_all.py``."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*argv, timeout=300, env=None):
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@pytest.mark.skipif(not _has("diffusers"), reason="needs the diffusers extra")
+def test_diffusers_unet_example():
+    r = _run("examples/diffusers_unet.py", "--tiny")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "diffusers UNet2DModel, 16×16×1" in r.stdout and "KLIP: 3 DPS steps" in r.stdout
+    rows = [line for line in r.stdout.splitlines() if line.strip().startswith(("ID ", "star "))]
+    assert len(rows) == 4 and all(float(line.split()[2]) == float(line.split()[2]) for line in rows), "a finite score per image"
+
+
+def test_edm_network_example():
+    r = _run("examples/edm_network.py", "--tiny")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "EDM-preconditioned MyNet, 16×16" in r.stdout and "EigenScore" in r.stdout and "AUROC" in r.stdout
+    ood = next(line for line in r.stdout.splitlines() if "stars scores" in line)
+    assert len(ood.split(":")[1].split()) == 4
+
+
+@pytest.mark.deepinv
+@pytest.mark.skipif(not _has("deepinv"), reason="needs the deepinv extra")
+def test_deepinv_physics_example():
+    r = _run("examples/deepinv_physics.py", "--tiny")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "DeepinvOperator(Inpainting" in r.stdout and "AUROC" in r.stdout
+
+
+@pytest.mark.skipif(_has("deepinv"), reason="deepinv is installed: the example runs instead")
+def test_deepinv_example_without_deepinv_says_so_and_exits_0():
+    r = _run("examples/deepinv_physics.py", "--tiny", timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "deepinv is not installed" in r.stdout and 'pip install "priorshift[deepinv]"' in r.stdout
+
+
+def test_every_example_has_tiny_and_a_docstring():
+    for path in sorted((ROOT / "examples").glob("*.py")):
+        text = path.read_text()
+        assert text.startswith('"""') and "--tiny" in text and '__name__ == "__main__"' in text, path.name
+
+
+# -- benchmarks/run_all.py ------------------------------------------------------------------------------
+def test_run_all_harness_on_one_benchmark(tmp_path):
+    out = tmp_path / "bench.md"
+    r = _run("benchmarks/run_all.py", "--quick", "--only", "measurement-kl-gaussian", "--threads", "1", "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    text = out.read_text()
+    import torch
+
+    assert text.startswith("# Benchmarks") and "--quick --only measurement-kl-gaussian" in text
+    assert f"torch {torch.__version__}" in text and f"{os.cpu_count()} cores" in text and " UTC" in text, "machine and date"
+    assert "## measurement-kl-gaussian" in text and "python benchmarks/measurement_kl.py gaussian --n 32" in text, "the exact command"
+    assert "| [measurement-kl-gaussian](#measurement-kl-gaussian) |" in text and "| ok |" in text and "priorshift-bench-" not in text
+    assert "\n|" in text.split("## measurement-kl-gaussian", 1)[1], "the benchmark's own table"
+    assert not list(tmp_path.glob(".bench.md.*")), "written atomically: no temporary file left"
+    bad = _run("benchmarks/run_all.py", "--quick", "--only", "nope", "--out", str(tmp_path / "x.md"), timeout=60)
+    assert bad.returncode == 2 and "unknown benchmark nope" in bad.stderr and not (tmp_path / "x.md").exists()
