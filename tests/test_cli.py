@@ -200,7 +200,7 @@ def test_toml_emitter_round_trips():
     import math
     import tomllib
 
-    from priorshift.cli import toml_dumps
+    from priorshift.io import toml_dumps
 
     rng = np.random.default_rng(0)
     for i in range(300):

@@ -1,4 +1,4 @@
-"""Atomic file writes: readers never see a half-written file. Standard library only (no torch)."""
+"""Atomic file writes (readers never see a half-written file) and a small TOML emitter. Standard library only (no torch)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_directory"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_directory", "toml_dumps", "toml_value"]
 
 
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
@@ -64,3 +64,77 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# -- TOML: a small emitter; tomllib reads its output back ------------------------------------------------
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(s: str) -> str:
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif o < 0x20 or o == 0x7F:
+            out.append(f"\\u{o:04x}")
+        elif 0xD800 <= o <= 0xDFFF:
+            raise ValueError(f"the string {s!r} holds a lone surrogate (U+{o:04X}), which TOML cannot represent")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"TOML keys are strings, got {key!r}")
+    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else _toml_string(key)
+
+
+def toml_value(value) -> str:
+    """One TOML value: str, int (64-bit), float (inf / nan included), bool, a list / tuple of values (an array) or
+    a mapping (an inline table). ``None`` and other types are a ``TypeError``: TOML has no null."""
+    import math
+    from collections.abc import Mapping
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"the integer {value} does not fit TOML's 64-bit integers")
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)  # shortest round-trip form; always holds '.' or 'e' (1.0, 1e-08, 1e+16)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"{type(value).__name__} values cannot be written as TOML (got {value!r})")
+
+
+def toml_dumps(data) -> str:
+    """``data`` (a mapping of str keys to TOML values) as a TOML document that :mod:`tomllib` reads back equal
+    (tuples come back as lists). Nested mappings become ``[a.b]`` tables, mappings inside lists inline tables."""
+    from collections.abc import Mapping
+
+    if not isinstance(data, Mapping):
+        raise TypeError(f"a TOML document is a mapping, got {type(data).__name__}")
+    lines: list[str] = []
+
+    def table(t: Mapping, path: tuple) -> None:
+        own = [(k, v) for k, v in t.items() if not isinstance(v, Mapping)]
+        subs = [(k, v) for k, v in t.items() if isinstance(v, Mapping)]
+        if path and (own or not subs):  # a table without own keys exists through its sub-tables' headers
+            lines.extend(["", "[" + ".".join(_toml_key(p) for p in path) + "]"])
+        lines.extend(f"{_toml_key(k)} = {toml_value(v)}" for k, v in own)
+        for k, v in subs:
+            table(v, (*path, k))
+
+    table(data, ())
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -1,0 +1,64 @@
+"""The smaller commands: ``demo``, ``bench``, ``report``, ``priors``, ``datasets`` (``adapt`` lives in :mod:`priorshift.adapt`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._common import _check_out_parent, _check_threads
+
+
+def _cmd_demo(args) -> int:
+    from priorshift.demo import run_demo
+
+    return run_demo(out=args.out, quick=args.quick, n=args.n, prior=args.prior)
+
+
+def _cmd_bench(args) -> int:
+    import torch
+
+    from priorshift.bench.grid import load_config, run_grid
+
+    _check_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    out = Path(args.out) if args.out else Path("out") / Path(args.config).stem
+    _check_out_parent(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; give a directory")
+    only = set(args.only.split(",")) if args.only else None
+    summary = run_grid(cfg, out, only=only, cached_only=args.cached_only, log=(lambda s: None) if args.quiet else None)
+    print((out / "results.md").read_text())
+    print(f"priorshift bench: {len(summary)} rows; wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'results.md'}, {out / 'report.html'}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from priorshift.bench.report import rebuild_report
+
+    path = rebuild_report(args.dir)
+    print(f"priorshift report: wrote {path}")
+    return 0
+
+
+def _cmd_priors(args) -> int:
+    from priorshift.diffusion.checkpoint import bundled_priors
+
+    priors = bundled_priors()
+    if not priors:
+        print("no bundled priors")
+    for name, info in priors.items():
+        print(f"{name:20s} {info.get('description', '')}")
+        print(f"{'':20s} trained with: {info.get('command', '?')}")
+        print(f"{'':20s} {info.get('steps', '?')} steps × batch {info.get('batch_size', '?')}, {info.get('wall_time_s', 0) / 3600:.1f} h on {info.get('hardware', '?')}; "
+              f"{info.get('parameters', 0) / 1e6:.2f} M parameters")
+        if info.get("note"):
+            print(f"{'':20s} note: {info['note']}")
+    return 0
+
+
+def _cmd_datasets(args) -> int:
+    from priorshift.registry import names
+
+    print("\n".join(names("dataset")))
+    return 0

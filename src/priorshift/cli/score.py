@@ -1,0 +1,276 @@
+"""``priorshift score``: load the prior, operator, detector and data, score them (in one process, or under torchrun
+with ``--distributed``) and write the run directory."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import priorshift
+
+from ._common import _check_out_parent, _check_threads, _reading_note
+from .detector import _build_detector, _check_noise_acts, _wrap_detector
+from .score_config import _apply_score_config, _file_digest, _score_config_toml, check_device
+
+
+def _load_npy(path: str, what: str):
+    """A measurement (or fit) array as float32, never unpickled; a missing, pickled or empty file is a ValueError."""
+    import numpy as np
+    import torch
+
+    from priorshift.data.datasets import read_npy
+
+    if not Path(path).is_file():
+        raise ValueError(f"{what} file {path!r} does not exist")
+    try:
+        arr = read_npy(path)
+    except ValueError as e:
+        raise ValueError(f"{what} {e}") from None
+    if arr.shape[:1] == (0,) or arr.size == 0:
+        raise ValueError(f"{what} file {path!r} holds 0 samples (shape {arr.shape})")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{what} file {path!r} holds {arr.dtype} values; save a numeric (float) array")
+    return torch.from_numpy(np.ascontiguousarray(arr)).float()
+
+
+def _load_images(path: str, what: str, value_range: str | None):
+    """Images from an ``.npy``, converted to [-1, 1] by the rule of :func:`priorshift.data.npy_stack`
+    (``value_range`` forces a reading); returns the images and the reading used."""
+    from priorshift.data.datasets import npy_images
+
+    if not Path(path).is_file():
+        raise ValueError(f"{what} file {path!r} does not exist")
+    try:
+        return npy_images(path, value_range=value_range)
+    except ValueError as e:
+        raise ValueError(f"{what} {e}") from None
+
+
+def _is_integer_npy(path: str) -> bool:
+    import numpy as np
+
+    from priorshift.data.datasets import read_npy
+
+    return bool(np.issubdtype(read_npy(path).dtype, np.integer))
+
+
+def _scores_to_cpu(s):
+    import torch
+
+    from priorshift.types import Scores
+
+    cpu = lambda v: v.cpu() if isinstance(v, torch.Tensor) else v  # noqa: E731
+    return Scores(score=cpu(s.score), map=cpu(s.map), nfe=s.nfe, extras={k: cpu(v) for k, v in s.extras.items()})
+
+
+def _cmd_score(args) -> int:
+    try:
+        return _score(args)
+    except ValueError as e:
+        # A bad value taken from --config: say so (the message names the option it stands for).
+        flag = str(e).split(" ", 1)[0].split("=", 1)[0]
+        key = flag[2:].replace("-", "_") if flag.startswith("--") else None
+        if key and key in getattr(args, "from_file", ()) and key != "config":
+            raise ValueError(f"{e} (the {key} of --config {args.config})") from None
+        raise
+
+
+def _score(args) -> int:
+    import csv
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from priorshift import load_prior
+    from priorshift.detectors import score_batches
+    from priorshift.io import atomic_write_json
+    from priorshift.tasks import get_task
+
+    # -- validate everything before anything is created --
+    _apply_score_config(args)
+    rank = 0
+    if args.distributed:
+        from priorshift.distributed import check_env
+
+        rank = check_env()["rank"]
+    _check_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if (args.measurements is None) == (args.images is None):
+        raise ValueError("give exactly one of --measurements Y.npy (measured data) or --images X.npy (images to measure)")
+    if int(args.batch_size) < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = check_device(args.device)
+    out = Path(args.out)
+    _check_out_parent(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--out {out} already holds results; pass --overwrite to replace them, or choose another directory")
+    if args.recorded_run and rank == 0 and not args.quiet:
+        recorded = args.recorded_run.get("input_sha256")
+        if "measurements" in args.from_file or "images" in args.from_file:
+            now = _file_digest(args.measurements or args.images)
+            if recorded and now and now != recorded:
+                print(f"priorshift score: note: {args.measurements or args.images} changed since the recorded run (sha256 {recorded}… then, "
+                      f"{now}… now): the scores will differ", file=sys.stderr)
+    task = get_task(args.task) if args.task else None
+    prior_name = args.prior or (task.prior if task else None)
+    if prior_name is None:
+        raise ValueError("give --prior NAME|PATH (or --task NAME for a task's prior and settings)")
+    prior = load_prior(prior_name, device=device)
+    size = prior.config["unet"]["image_size"]
+    if args.operator:
+        from priorshift.operators.spec import operator_from_spec
+
+        op = operator_from_spec(args.operator, size, args.mask)
+    elif task:
+        op = task.make_operator()
+    else:
+        raise ValueError("give --operator SPEC (e.g. ct:views=20,noise=0.5, inpaint:p=0.5, blur:sigma=1.5, sr:factor=2, identity:noise=0.05) or --task NAME")
+    det = _build_detector(args, prior, op, size)
+    readings = {}
+    channels = prior.config["unet"].get("channels", 1)
+    if args.images is not None:
+        x, readings["input"] = _load_images(args.images, "--images", args.value_range)
+        if tuple(x.shape[1:]) != (channels, size, size):
+            raise ValueError(f"--images {args.images} holds {x.shape[-2]}×{x.shape[-1]} images with {x.shape[1]} channel(s); the prior "
+                             f"{prior_name} takes {size}×{size} with {channels}: resize them, or use a prior of that size")
+        x = x.to(device)
+        data = x if det.input_kind == "images" else op(x, seed=list(range(args.seed, args.seed + x.shape[0])))
+        kind = "images" if det.input_kind == "images" else "measurements"
+    else:
+        data, kind = _load_npy(args.measurements, "--measurements").to(device), "measurements"
+    det = _wrap_detector(args, det, op, kind)
+    _check_noise_acts(args, det)
+    try:
+        det.check_input(data)
+    except ValueError as e:
+        source = f"--measurements {args.measurements}" if args.images is None else f"--images {args.images} (as {kind})"
+        raise ValueError(f"{source}: {e}") from None
+    if kind == "measurements" and args.images is None:
+        implied = tuple(op.A_adjoint(data[:1]).shape[1:])
+        if implied != (channels, size, size):
+            raise ValueError(f"--measurements {args.measurements} are of {implied[-2]}×{implied[-1]} images with {implied[0]} channel(s) "
+                             f"under {op!r}; the prior {prior_name} takes {size}×{size} with {channels}: check --operator and --prior")
+    if det.needs_fit:
+        if not args.fit:
+            raise ValueError(f"--detector {args.detector} is calibrated on in-distribution data: give --fit ID.npy ({det.input_kind} or images)")
+        fit = _load_npy(args.fit, "--fit")
+        # Images to measure (or to score, for an image detector) go through the image loader's [-1, 1] conversion.
+        fit_is_images = det.input_kind == "images" or (fit.ndim == 4 and fit.shape[1:] != data.shape[1:])
+        if fit_is_images or _is_integer_npy(args.fit):
+            fit, readings["fit"] = _load_images(args.fit, "--fit", args.value_range)
+            fit = fit.to(device)
+            if det.input_kind == "measurements":
+                fit = op(fit, seed=list(range(10**6 + args.seed, 10**6 + args.seed + fit.shape[0])))
+        det.fit(fit.to(device), seed=args.seed)
+    if not args.quiet and rank == 0:
+        for what, reading in readings.items():
+            print(_reading_note(f"--{'images' if what == 'input' else 'fit'}", args.images if what == "input" else args.fit, reading), file=sys.stderr)
+
+    t0 = time.perf_counter()
+
+    def progress(done, total):
+        if not args.quiet:
+            print(f"\r  scored {done}/{total} ({time.perf_counter() - t0:.0f}s)", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    n = data.shape[0]
+    config = {"prior": str(prior_name), "operator": repr(op), "operator_spec": args.operator, "task": args.task,
+              "detector": det.config() if hasattr(det, "config") else args.detector, "input": args.measurements or args.images,
+              "input_kind": kind, "value_range": readings or None, "fit": args.fit, "n": n, "seed": args.seed, "batch_size": args.batch_size,
+              "device": str(device)}
+    if args.distributed:
+        s = _score_distributed(args, det, data, config, prior, out)
+        if s is None:  # not rank 0: its shard is scored; rank 0 merges and writes
+            return 0
+    else:
+        s = score_batches(det, data, batch_size=args.batch_size, seed=args.seed, progress=progress)
+    s = _scores_to_cpu(s)
+    # -- write into a temporary directory, then move it into place: never a half-written or mixed run --
+    from priorshift.io import atomic_directory
+
+    with atomic_directory(out) as tmp:
+        per_image = {k: v for k, v in s.extras.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (n,) and v.ndim == 1 and k != "seeds"}
+        with open(tmp / "scores.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "score", "nfe", "seed", *per_image])
+            nfe_img = s.nfe / n
+            for i in range(n):
+                w.writerow([i, f"{float(s.score[i]):.6g}", f"{nfe_img:.6g}", int(s.extras["seeds"][i]), *(f"{float(v[i]):.6g}" for v in per_image.values())])
+        files = ["scores.csv"]
+        if s.map is not None:
+            np.save(tmp / "maps.npy", s.map.float().numpy())
+            files.append("maps.npy")
+            from priorshift.bench.figures import heatmap_figure
+
+            k = min(8, n)
+            shown = (data[:k] if kind == "images" else op.A_pinv(data[:k])).cpu()
+            rec = s.extras.get("reconstruction")
+            heatmap_figure(shown.float(), (rec[:k] if rec is not None else shown).float(), s.map[:k].float(), None, tmp / "heatmaps.png",
+                           labels=[f"#{i}" for i in range(k)], measurement_title="x" if kind == "images" else "A⁺ y", title=repr(det))
+            files.append("heatmaps.png")
+        config.update({"nfe_total": s.nfe, "nfe_per_image": s.nfe / n, "seconds": round(time.perf_counter() - t0, 2),
+                       "versions": {"priorshift": priorshift.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}})
+        atomic_write_json(tmp / "config.json", config)
+        (tmp / "config.toml").write_text(_score_config_toml(args, prior_name=prior_name, prior=prior, op=op, det=det, size=size, kind=kind, n=n,
+                                                            out=out, config=config, readings=readings), encoding="utf-8")
+        files += ["config.json", "config.toml"]
+    if args.distributed:
+        from priorshift.distributed import work_dir_for
+
+        shutil.rmtree(work_dir_for(out))  # the shards are merged into --out
+    print(f"priorshift score: {n} {kind} scored with {det!r} ({s.nfe / n:.0f} NFE per image)")
+    print(f"  higher = more shifted; wrote {', '.join(str(out / f) for f in files)}")
+    return 0
+
+
+def _score_distributed(args, det, data, config, prior, out):
+    """``score --distributed`` under torchrun: every rank scores its batches into ``OUT.partial/`` (resuming an
+    unfinished run of the same config), then rank 0 merges them and returns the :class:`Scores` a single-process
+    run returns; other ranks return None."""
+    import torch
+
+    from priorshift import distributed as D
+
+    device = next(iter(prior.parameters()), torch.empty(0)).device if hasattr(prior, "parameters") else torch.device("cpu")
+    rank, world = D.init(device)
+    if rank != 0:  # progress output on rank 0 only (KLIP's sampling-step bar)
+        for d in (det, getattr(det, "image_detector", None)):
+            if isinstance(getattr(d, "progress", None), bool):
+                d.progress = False
+    try:
+        work = D.work_dir_for(out)
+        run = {**config, "input_sha256": D.digest(data), "prior_sha256": prior.config.get("weights_sha256"),
+               **{f"{flag}_sha256": D.digest(getattr(args, flag)) for flag in ("fit", "mask") if getattr(args, flag)},
+               "versions": {"priorshift": priorshift.__version__, "torch": torch.__version__}}
+        verdict = None
+        if rank == 0:
+            try:
+                verdict = "resume" if D.prepare_work_dir(work, run, overwrite=args.overwrite) else "fresh"
+            except (ValueError, OSError) as e:
+                verdict = e
+        verdict = D.broadcast(verdict)
+        if isinstance(verdict, BaseException):
+            if rank == 0:
+                raise verdict
+            raise SystemExit(2)  # the same failure, reported once (by rank 0)
+        t0 = time.perf_counter()
+
+        def progress(done, total):
+            if rank == 0 and not args.quiet:
+                print(f"\r  rank 0/{world}: scored {done}/{total} batches ({time.perf_counter() - t0:.0f}s)", end="" if done < total else "\n",
+                      file=sys.stderr, flush=True)
+
+        if rank == 0 and verdict == "resume" and not args.quiet:
+            print(f"priorshift score: resuming the unfinished run in {work}", file=sys.stderr)
+        scored = D.score_shard(det, data, work_dir=work, seed=args.seed, batch_size=args.batch_size, rank=rank, world=world,
+                               progress=progress, keep=("reconstruction",), keep_first=8)  # what heatmaps.png shows
+        if not args.quiet:
+            print(f"  rank {rank}/{world}: scored {len(scored)} samples", file=sys.stderr, flush=True)
+        D.barrier()
+        return D.merge(work, data.shape[0]).to_scores() if rank == 0 else None
+    finally:
+        D.close()

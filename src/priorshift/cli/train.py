@@ -1,0 +1,136 @@
+"""``priorshift train``: check the options, load the dataset, train (or fine-tune, ``--init``) a prior, draw a sample grid."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+from ._common import _check_out_parent, _check_threads, _reading_note
+
+
+def _parse_widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"--widths {text!r} must be comma-separated positive integers, finest level first (e.g. 16,32,64)") from None
+    return widths
+
+
+def _file_sha(name_or_path) -> str:
+    from priorshift.diffusion.checkpoint import resolve_prior_path, sha256
+
+    return sha256(resolve_prior_path(name_or_path))
+
+
+def _cmd_train(args) -> int:
+    import torch
+
+    from priorshift.data import load_dataset
+    from priorshift.diffusion.training import TrainConfig, check_run_dir, train, trained_steps
+    from priorshift.diffusion.unet import UNetConfig
+
+    # -- validate everything before anything is loaded or created --
+    _check_threads(args.threads)
+    for flag, value, lo in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1), ("--checkpoint-every", args.checkpoint_every, 1),
+                            ("--image-size", args.image_size, 8)):
+        if value < lo:
+            raise ValueError(f"{flag} must be >= {lo}, got {value}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.train_size is not None and args.train_size < 1:
+        raise ValueError(f"--train-size must be >= 1, got {args.train_size}")
+    init_prior = init_meta = None
+    if args.init:
+        from priorshift.diffusion.checkpoint import load_prior
+
+        init_prior = load_prior(args.init)
+        base = init_prior.net.config
+        if base.image_size != args.image_size:
+            raise ValueError(f"--init {args.init} is a {base.image_size}×{base.image_size} prior; --image-size is {args.image_size}")
+        if args.widths is not None and _parse_widths(args.widths) != tuple(base.widths):
+            raise ValueError(f"--init {args.init} has widths {','.join(map(str, base.widths))}; drop --widths or give the same")
+        if args.no_attention and base.attention:
+            raise ValueError(f"--init {args.init} has attention; drop --no-attention")
+        init_meta = {"prior": str(args.init), "sha256": init_prior.config.get("sha256") or _file_sha(args.init)}
+        unet_kw = {k: v for k, v in base.to_dict().items()}
+    else:
+        widths = _parse_widths(args.widths or "16,32,64,128")
+        unet_kw = dict(image_size=args.image_size, widths=widths, attention=not args.no_attention)
+    _check_out_parent(Path(args.out))
+    cfg = TrainConfig(
+        name=args.name or Path(args.out).name,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        unet=UNetConfig(**unet_kw),
+    )
+    try:
+        cfg.validate()
+    except ValueError as e:
+        flag = {"image_size": "--image-size", "widths": "--widths", "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr"}
+        first = str(e).split(" ", 1)[0]
+        raise ValueError(f"{flag.get(first, first)}: {e}") from None
+    try:
+        check_run_dir(args.out, cfg)
+    except ValueError as e:
+        raise ValueError(f"--out {e}") from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    options, reading = {}, None
+    if str(args.data).startswith("npy:"):
+        from priorshift.data.datasets import infer_value_range, read_npy
+
+        path = args.data[len("npy:"):]
+        if args.value_range:
+            options["value_range"] = reading = args.value_range
+        elif Path(path).is_file():
+            try:
+                reading = infer_value_range(read_npy(path), path)
+            except ValueError:
+                reading = None  # load_dataset below raises the full error (empty, NaN, pickled, out of range)
+    elif args.value_range:
+        raise ValueError(f"--value-range applies to npy:PATH data only, not {args.data!r}")
+    data = load_dataset(args.data, split="train", n=args.train_size, image_size=args.image_size, seed=args.data_seed, **options)
+    if reading is not None:
+        print(_reading_note("--data", args.data, reading))
+    if data.shape[-1] != args.image_size:
+        raise ValueError(f"dataset {args.data!r} gives {data.shape[-1]}×{data.shape[-1]} images, not {args.image_size}")
+    if data.shape[1] != cfg.unet.channels:
+        if init_prior is not None:
+            raise ValueError(f"--init {args.init} takes {cfg.unet.channels}-channel images; {args.data!r} has {data.shape[1]}")
+        cfg.unet = UNetConfig(**unet_kw, channels=data.shape[1])
+        cfg.validate()
+    import hashlib
+
+    digest = hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
+    print(f"priorshift train: {data.shape[0]} training images {tuple(data.shape[1:])} from {args.data!r} (sha256 {digest}) in {time.perf_counter() - t0:.1f}s")
+    meta = {
+        "dataset": {"spec": args.data, "n": int(data.shape[0]), "image_size": args.image_size, "sha256_16": digest, "seed": args.data_seed,
+                    **({"value_range": reading} if reading else {})},
+        "command": "priorshift " + " ".join(shlex.quote(a) for a in args.argv),
+        **({"init": init_meta} if init_meta else {}),
+    }
+    grid = Path(args.out) / f"{cfg.name}_samples.png"
+    done_before = trained_steps(args.out) == cfg.steps and (Path(args.out) / f"{cfg.name}.safetensors").exists()
+    init = None if init_prior is None else {k: v.detach().clone() for k, v in init_prior.net.state_dict().items()}
+    path = train(cfg, data, args.out, meta=meta, progress=not args.quiet, init=init)
+    if not done_before:
+        print(f"priorshift train: wrote {path} and {path.with_suffix('.json').name}")
+    if args.grid and not (done_before and grid.exists()):
+        from priorshift.diffusion.checkpoint import load_prior
+        from priorshift.diffusion.schedules import schedule_for
+        from priorshift.operators import Identity
+        from priorshift.plotting import save_image_grid
+        from priorshift.samplers import sample_unconditional
+
+        prior = load_prior(path)
+        y = torch.zeros(64, data.shape[1], args.image_size, args.image_size)
+        with torch.no_grad():
+            res = sample_unconditional(prior, Identity(), y, schedule_for(prior, 32), seed=list(range(64)))
+        save_image_grid(res.x0[:, 0], grid, title=f"{cfg.name}: 64 prior samples (Heun, 32 steps, {res.nfe_per_image:.0f} NFE each)")
+        print(f"priorshift train: sample grid {grid}")
+    return 0
