@@ -37,7 +37,7 @@ from priorshift.tasks import get_task
 
 # The measurement setups and the DPS step ζ per task live in priorshift.tasks (ζ: the smallest within 0.2 dB of
 # the best reconstruction PSNR on ID tuning images, benchmarks/dps_step.py; results/dps-step-*.md).
-ZETA = {name: get_task(name).plan["zeta"] for name in ("ct", "fmnist-blur", "fmnist-inpaint")}
+ZETA = {name: get_task(name).extra["dps_zeta"] for name in ("ct", "fmnist-blur", "fmnist-inpaint")}
 
 
 def _fmnist_sets(n_tune: int, n_eval: int, kind_seed: int = 0) -> dict[str, LabeledSet]:

@@ -40,6 +40,7 @@ manifest[name] = {
     "wall_time_s": training["wall_time_s"],
     "images_per_s": training["images_per_s"],
     "hardware": training["hardware"],
+    **({"init": config["init"]} if "init" in config else {}),
     **({"note": note} if note else {}),
 }
 D = load_prior(WEIGHTS_DIR / f"{name}.safetensors")

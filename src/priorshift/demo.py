@@ -1,8 +1,14 @@
-"""``priorshift demo``: KLIP on sparse-view CT — healthy vs lesion phantoms — in a few minutes on a CPU.
+"""``priorshift demo``: where KLIP detects and where it does not yet, in a few minutes on a CPU.
 
-A quick form of ``benchmarks/klip_experiment.py --task ct``: the bundled ``phantom-ct-64`` prior, 20-view
-parallel-beam CT with measurement noise, DPS posterior sampling; KLIP's window and block are the ones tuned
-on the *star* tuning split by that benchmark (never on lesions), compared with the whole-image KL ablation.
+Two cases, each beside the whole-image KL and the trivial baselines (‖y‖², a classical reconstruction's
+residual), with the AUROC's standard error:
+
+1. *detects*: the bundled ``fashion-mnist-32`` prior, Fashion-MNIST garments (ID) vs MNIST digits (OOD) seen
+   through Gaussian deblurring (the ``fmnist-blur`` task, ΠGDM); KLIP's window and block chosen with the
+   sibling prior ``fashion-mnist-0-7-32`` on its seen vs unseen classes (``benchmarks/klip_detects.py``),
+   never on MNIST;
+2. *not yet*: the bundled ``phantom-ct-64`` prior, 20-view parallel-beam CT of healthy vs lesion phantoms (the
+   ``ct`` task; window and block tuned on CT stars, never on lesions), with the maps and their block AUROC.
 Prints a table and writes ``report.html`` (table, ROC curves, heatmaps, config), ``results.md``, ``metrics.json``, ``roc.png``
 and ``heatmaps.png`` to the output directory, all at once (a temporary directory renamed into place).
 
@@ -33,7 +39,8 @@ __all__ = ["run_demo", "DEMO_FILES", "check_output_dir", "write_output_dir"]
 DEMO_FILES = ("heatmaps.png", "roc.png", "results.md", "metrics.json", "report.html")
 """What a demo writes; an existing output directory holding only these is a previous demo, and is replaced."""
 
-TASK = get_task("ct")  # prior, 20-view CT with noise, DPS ζ, KLIP's tuned window and block
+TASK = get_task("ct")  # prior, 20-view CT with noise, the sampler, KLIP's tuned window and block
+FMNIST_TASK = get_task("fmnist-blur")  # the case where KLIP detects
 
 
 def _fmt(v: float) -> str:
@@ -72,26 +79,73 @@ def write_output_dir(out: str | Path, writers: Mapping[str, Callable[[Path], obj
     return out
 
 
-def _report(path: Path, results: dict, *, n: int, text: str, config: dict) -> Path:
-    """``report.html`` beside the demo's figures: the table (baselines shaded), ROC curves, the heatmaps, the config."""
+def _report(path: Path, cases: dict, *, text: str, config: dict) -> Path:
+    """``report.html`` beside the demo's figures: one table per case (baselines shaded), ROC curves, the heatmaps, the config."""
     from priorshift.bench.report import Report
 
-    rep = Report("priorshift demo: healthy vs lesion CT phantoms", path.parent)
+    rep = Report("priorshift demo: where KLIP detects, and where it does not yet", path.parent)
     rep.add_text(text)
-    rows = [[name, r["auroc"], auroc_standard_error(r["auroc"], n, n), r["fpr95_ood_positive"], r["aupr_out"], r["block_auroc_mean"], round(r["nfe_per_image"])]
-            for name, r in results.items()]
-    rep.add_table(["method", "AUROC", "± SE", "FPR@95 (OOD+)", "AUPR-out", "block AUROC", "NFE / image"], rows,
-                  highlight=[name in ("‖y‖²", "FBP residual") for name in results])
-    rep.add_text("Shaded: trivial baselines (the statistic standardised on other healthy phantoms). Block AUROC: does the map find the lesion.", note=True)
-    rep.add_figure(path.parent / "roc.png", "ROC curves, lesion = positive")
-    rep.add_figure(path.parent / "heatmaps.png", "FBP → posterior reconstruction → KLIP map → ground truth")
+    for case in cases.values():
+        n_id, n_ood = case["n"]
+        rep.add_text(case["title"])
+        rows = [[name, r["auroc"], auroc_standard_error(r["auroc"], n_id, n_ood), r["fpr95_ood_positive"], r["aupr_out"], r["block_auroc_mean"],
+                 round(r["nfe_per_image"])] for name, r in case["results"].items()]
+        rep.add_table(["method", "AUROC", "± SE", "FPR@95 (OOD+)", "AUPR-out", "block AUROC", "NFE / image"], rows,
+                      highlight=[name in TRIVIAL for name in case["results"]])
+    rep.add_text("Shaded: trivial baselines (the statistic standardised on other in-distribution images). Block AUROC: does the map find the lesion.", note=True)
+    rep.add_figure(path.parent / "roc.png", "ROC curves, OOD = positive")
+    rep.add_figure(path.parent / "heatmaps.png", "CT: FBP → posterior reconstruction → KLIP map → ground truth")
     rep.add_config(config)
     return rep.write(path.name)
 
 
+TRIVIAL = ("‖y‖²", "FBP residual", "residual ‖y − A x̂‖²")
+
+
+def _score_case(task, prior, op, y_id, y_ood, y_cal, *, steps: int, seeds: tuple[int, int], progress, masks=None, body_masks=None) -> tuple[dict, dict, tuple]:
+    """KLIP (the task's dataset-level window and block; the image-level ones for the map), the whole-image KL
+    and the trivial baselines on one ID/OOD pair of measurement sets. Returns ``(results, curves, traces)``."""
+    kw = dict(plan={**task.plan, "steps": steps}, samples=task.samples, base_block=task.base_block, batch_size=8)
+    n_id, n_ood = y_id.shape[0], y_ood.shape[0]
+    tr_id = score_set(prior, op, y_id, seed=range(seeds[0], seeds[0] + n_id), progress=progress("ID"), **kw)
+    tr_ood = score_set(prior, op, y_ood, seed=range(seeds[1], seeds[1] + n_ood), progress=progress("OOD"), **kw)
+    rows = {
+        "KLIP": (Setting(**task.klip_settings["dataset"]), Setting(**task.klip_settings["image"])),
+        "whole-image KL": (Setting((0.0, 1.0), None, "whole_image"), None),
+    }
+    results, curves = {}, {}
+    for name, (ds, im) in rows.items():
+        curves[name] = (image_score(ds.maps(tr_id)).numpy(), image_score(ds.maps(tr_ood)).numpy())
+        r = evaluate(ds, tr_id, tr_ood)
+        loc = evaluate(im, tr_id, tr_ood, masks, body_masks) if (im is not None and masks is not None) else {"block_auroc_mean": float("nan"), "block_auroc_std": float("nan")}
+        results[name] = {**r, "block_auroc_mean": loc["block_auroc_mean"], "block_auroc_std": loc["block_auroc_std"], "setting": ds.label(),
+                         "map_setting": None if im is None else im.label()}
+    # The trivial baselines every table carries: statistics of y alone and of a classical reconstruction's residual
+    # (FBP for CT, the pseudo-inverse otherwise), standardised on separate ID calibration images. If they beat
+    # KLIP, the table shows it.
+    residual = "FBP residual" if task.operator == "ct" else "residual ‖y − A x̂‖²"
+    for label, name in (("‖y‖²", "measurement-norm"), (residual, "residual")):
+        det = get("detector", name)(prior, op).fit(y_cal)
+        curves[label] = (det.score(y_id).score.numpy(), det.score(y_ood).score.numpy())
+        r = ood_metrics(*curves[label])
+        results[label] = {**r, "block_auroc_mean": float("nan"), "block_auroc_std": float("nan"), "nfe_per_image": 0.0, "setting": repr(det)}
+    return results, curves, (tr_id, tr_ood)
+
+
+def _table(results: dict) -> str:
+    header = f"{'method':22s} {'AUROC':>6s} {'± SE':>6s} {'FPR@95':>7s} {'AUPR-out':>8s} {'block AUROC':>15s} {'NFE/img':>8s}"
+    lines = [header, "-" * len(header)]
+    for name, r in results.items():
+        loc = "      —        " if r["block_auroc_mean"] != r["block_auroc_mean"] else f"{_fmt(r['block_auroc_mean']):>6s} ± {_fmt(r['block_auroc_std']):>6s}"
+        se = auroc_standard_error(r["auroc"], r["n_id"], r["n_ood"])
+        lines.append(f"{name:22s} {_fmt(r['auroc']):>6s} {_fmt(se):>6s} {_fmt(r['fpr95_ood_positive']):>7s} {_fmt(r['aupr_out']):>8s} "
+                     f"{loc} {r['nfe_per_image']:8.0f}")
+    return "\n".join(lines)
+
+
 def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = None, prior: str | None = None) -> int:
     from priorshift import load_prior
-    from priorshift.data import healthy_set, lesion_set
+    from priorshift.data import fashion_mnist, healthy_set, lesion_set, load_dataset
     from priorshift.io import atomic_write_json
 
     t0 = time.perf_counter()
@@ -100,93 +154,89 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
     if n is not None and (isinstance(n, bool) or int(n) != n or n < 2):
         raise ValueError(f"--n must be an integer >= 2 (images per set: the AUROC compares two sets), got {n}")
     n = int(n) if n is not None else (4 if quick else 24)
-    steps = 12 if quick else TASK.plan["steps"]
     prior_name = prior or TASK.prior
-    prior = load_prior(prior_name)
+    ct_prior = load_prior(prior_name)
     ct = TASK.make_operator()
-    size, channels = getattr(prior, "image_size", None), getattr(prior, "channels", None)
+    size, channels = getattr(ct_prior, "image_size", None), getattr(ct_prior, "channels", None)
     if (size, channels) != (ct.image_size, 1):
         raise ValueError(f"the demo needs a {ct.image_size}×{ct.image_size} single-channel CT prior; {prior_name} is "
                          f"{size}×{size} with {channels} channel(s) (default: {TASK.prior})")
-    views, noise, zeta, samples = ct.n_views, ct.noise_std, TASK.plan["zeta"], TASK.samples
+
+    def bar(case):
+        def make(label):
+            def progress(done, total):
+                print(f"\r  {case} {label}: {done}/{total} ({time.perf_counter() - t0:.0f}s)", end="", file=sys.stderr, flush=True)
+                if done == total:
+                    print(file=sys.stderr)
+            return progress
+        return make
+
+    # -- case 1, where KLIP detects: Fashion-MNIST garments vs MNIST digits under inpainting --
+    fm = FMNIST_TASK
+    fm_prior, fm_op = load_prior(fm.prior), fm.make_operator()
+    fm_steps = 12 if quick else fm.plan["steps"]
+    garments = fashion_mnist("test", n=7000 + n)  # [6000, …) and [7000, …): disjoint from every tuning split
+    x_id, x_cal = garments[6000:6000 + n], garments[7000:7000 + n]
+    x_ood = load_dataset("mnist", split="test", n=n)
+    print(f"priorshift demo 1/2: KLIP on {fm.description}, prior {fm.prior}: {n} Fashion-MNIST garments vs {n} MNIST digits; "
+          f"{fm.plan['sampler']} {fm_steps} steps × {fm.samples} posterior samples")
+    fm_results, fm_curves, _ = _score_case(
+        fm, fm_prior, fm_op, fm_op(x_id, seed=[10_000 + i for i in range(n)]), fm_op(x_ood, seed=[20_000 + i for i in range(n)]),
+        fm_op(x_cal, seed=[50_000 + i for i in range(n)]), steps=fm_steps, seeds=(30_000, 40_000), progress=bar("fmnist"))
+
+    # -- case 2, where it does not yet: hypodense liver lesions in sparse-view CT --
+    views, noise, samples = ct.n_views, ct.noise_std, TASK.samples
+    steps = 12 if quick else TASK.plan["steps"]
     contrast = TASK.extra["lesion_contrast"]
     healthy = healthy_set(n, seed=90_001)
     lesions = lesion_set(n, seed=90_002, contrast=contrast)
-    print(f"priorshift demo: KLIP on sparse-view CT ({views} views, noise {noise}), prior {prior_name}")
-    print(f"  {n} healthy + {n} lesion phantoms (hypodense liver lesion, contrast {contrast}), "
-          f"DPS (ζ = {zeta}) {steps} steps × {samples} posterior samples per image")
+    calib = healthy_set(n, seed=90_003)
+    print(f"priorshift demo 2/2: KLIP on sparse-view CT ({views} views, noise {noise}), prior {prior_name}: {n} healthy vs {n} lesion phantoms "
+          f"(hypodense liver lesion, contrast {contrast}); {TASK.plan['sampler']} {steps} steps × {samples} posterior samples")
     y_id = ct(healthy.images, seed=[10_000 + i for i in range(n)])
     y_ood = ct(lesions.images, seed=[20_000 + i for i in range(n)])
+    ct_results, ct_curves, (tr_id, tr_ood) = _score_case(
+        TASK, ct_prior, ct, y_id, y_ood, ct(calib.images, seed=[50_000 + i for i in range(n)]), steps=steps, seeds=(30_000, 40_000),
+        progress=bar("ct"), masks=lesions.masks, body_masks=lesions.body_masks)
 
-    def bar(label):
-        def progress(done, total):
-            print(f"\r  scoring {label}: {done}/{total} ({time.perf_counter() - t0:.0f}s)", end="", file=sys.stderr, flush=True)
-            if done == total:
-                print(file=sys.stderr)
-        return progress
-
-    kw = dict(plan={**TASK.plan, "steps": steps}, samples=samples, base_block=TASK.base_block, batch_size=8)
-    tr_id = score_set(prior, ct, y_id, seed=range(30_000, 30_000 + n), progress=bar("healthy"), **kw)
-    tr_ood = score_set(prior, ct, y_ood, seed=range(40_000, 40_000 + n), progress=bar("lesions"), **kw)
-
-    dataset_setting = Setting(**TASK.klip_settings["dataset"])
-    image_setting = Setting(**TASK.klip_settings["image"])
-    rows = {
-        "KLIP": (dataset_setting, image_setting),
-        "whole-image KL": (Setting((0.0, 1.0), None, "whole_image"), Setting((0.0, 1.0), TASK.base_block, "whole_image")),
-    }
-    results = {}
-    curves = {}  # method → (ID scores, OOD scores), for the ROC figure
-    for name, (ds, im) in rows.items():
-        curves[name] = (image_score(ds.maps(tr_id)).numpy(), image_score(ds.maps(tr_ood)).numpy())
-        r = evaluate(ds, tr_id, tr_ood)
-        loc = evaluate(im, tr_id, tr_ood, lesions.masks, lesions.body_masks)
-        results[name] = {**r, "block_auroc_mean": loc["block_auroc_mean"], "block_auroc_std": loc["block_auroc_std"], "setting": ds.label(), "map_setting": im.label()}
-    # The trivial baselines every table carries: statistics of y alone and of a classical (FBP) reconstruction's
-    # residual, standardised on separate healthy calibration phantoms. If they beat KLIP, the table shows it.
-    calib = healthy_set(n, seed=90_003)
-    y_cal = ct(calib.images, seed=[50_000 + i for i in range(n)])
-    for label, name in (("‖y‖²", "measurement-norm"), ("FBP residual", "residual")):
-        det = get("detector", name)(prior, ct).fit(y_cal)
-        curves[label] = (det.score(y_id).score.numpy(), det.score(y_ood).score.numpy())
-        r = ood_metrics(*curves[label])
-        results[label] = {**r, "block_auroc_mean": float("nan"), "block_auroc_std": float("nan"), "nfe_per_image": 0.0, "setting": repr(det)}
-    header = f"{'method':16s} {'AUROC':>6s} {'FPR@95':>7s} {'AUPR-out':>8s} {'block AUROC':>15s} {'NFE/img':>8s}"
-    lines = [header, "-" * len(header)]
-    for name, r in results.items():
-        loc = "      —        " if r["block_auroc_mean"] != r["block_auroc_mean"] else f"{_fmt(r['block_auroc_mean']):>6s} ± {_fmt(r['block_auroc_std']):>6s}"
-        lines.append(f"{name:16s} {_fmt(r['auroc']):>6s} {_fmt(r['fpr95_ood_positive']):>7s} {_fmt(r['aupr_out']):>8s} "
-                     f"{loc} {r['nfe_per_image']:8.0f}")
-    table = "\n".join(lines)
-    print()
-    print(table)
-    print("  AUROC / FPR@95 / AUPR-out: dataset level (score = max over blocks; OOD = positive; FPR@95 = healthy flagged at 95% lesions caught).")
+    se = auroc_standard_error(0.5, n, n)
+    fm_title = f"1. Where KLIP detects — Fashion-MNIST garments (ID) vs MNIST digits (OOD), {fm.description}"
+    ct_title = f"2. Where it does not yet — healthy vs lesion CT phantoms, {views}-view CT (noise {noise}), lesion contrast {contrast}"
+    tables = {"fmnist": _table(fm_results), "ct": _table(ct_results)}
+    for title, key in ((fm_title, "fmnist"), (ct_title, "ct")):
+        print(f"\n{title}\n{tables[key]}")
+    print("\n  AUROC / FPR@95 / AUPR-out: dataset level (score = max over blocks; OOD = positive; FPR@95 = ID flagged at 95% OOD caught).")
     print("  block AUROC: does the map find the lesion? Per lesion image, over the blocks inside the body (0.5 = chance).")
-    print(f"  ‖y‖² and FBP residual: trivial baselines (the statistic standardised on {n} other healthy phantoms); where one beats KLIP, KLIP is not yet useful.")
-    print(f"  With {n} + {n} images an AUROC near 0.5 has a standard error of about {auroc_standard_error(0.5, n, n):.2f} "
-          "(Hanley–McNeil); the 64 + 64 image experiment is benchmarks/results/klip-ct.")
+    print(f"  ‖y‖² and the residual: trivial baselines (standardised on {n} other ID images); where one beats KLIP, KLIP is not yet useful there.")
+    print(f"  ± SE: Hanley–McNeil standard error ({se:.2f} at AUROC 0.5 with {n} + {n} images). Larger runs: benchmarks/results/klip-detects "
+          "(Fashion-MNIST vs MNIST) and benchmarks/results/klip-ct-sweep (lesions across σ_y).")
 
     k = min(3, n)
     idx = list(range(k))
     meas = torch.cat([ct.fbp(y_id[idx], filter="hann"), ct.fbp(y_ood[idx], filter="hann")])
     rec = torch.cat([tr_id.reconstruction[idx], tr_ood.reconstruction[idx]])
-    im = image_setting
+    im = Setting(**TASK.klip_settings["image"])
     maps = torch.cat([im.maps(tr_id)[idx], im.maps(tr_ood)[idx]])
     masks = torch.cat([healthy.masks[idx], lesions.masks[idx]])
     elapsed = time.perf_counter() - t0
-    text = (f"# priorshift demo\n\n{n} healthy vs {n} lesion phantoms, {views}-view CT (noise {noise}), "
-            f"DPS {steps} steps × {samples} samples; {elapsed:.0f} s.\n\n```\n{table}\n```\n\n![heatmaps](heatmaps.png)\n")
+    text = (f"# priorshift demo\n\n{elapsed:.0f} s on this machine.\n\n## {fm_title}\n\n```\n{tables['fmnist']}\n```\n\n"
+            f"## {ct_title}\n\n```\n{tables['ct']}\n```\n\n![ROC](roc.png)\n\n![heatmaps](heatmaps.png)\n")
     labels = [f"healthy {i}" for i in idx] + [f"lesion {i}" for i in idx]
-    config = {"task": TASK.name, "prior": prior_name, "operator": repr(ct), "plan": {**TASK.plan, "steps": steps}, "samples": samples,
-              "klip_dataset_setting": dataset_setting.label(), "klip_image_setting": image_setting.label(), "lesion_contrast": contrast,
-              "n": n, "seeds": {"healthy": 90_001, "lesions": 90_002, "calibration": 90_003}}
+    config = {"fmnist": {"task": fm.name, "prior": fm.prior, "operator": repr(fm_op), "plan": {**fm.plan, "steps": fm_steps}, "samples": fm.samples,
+                         "klip_setting": fm_results["KLIP"]["setting"], "n": n, "data": "fashion-mnist test [6000, 6000 + n) vs mnist test [0, n); calibration fashion-mnist test [7000, 7000 + n)"},
+              "ct": {"task": TASK.name, "prior": prior_name, "operator": repr(ct), "plan": {**TASK.plan, "steps": steps}, "samples": samples,
+                     "klip_dataset_setting": ct_results["KLIP"]["setting"], "klip_image_setting": im.label(), "lesion_contrast": contrast,
+                     "n": n, "seeds": {"healthy": 90_001, "lesions": 90_002, "calibration": 90_003}}}
+    curves = {**{f"FMNIST {k}": v for k, v in fm_curves.items() if k in ("KLIP", "‖y‖²")}, **{f"CT {k}": v for k, v in ct_curves.items() if k in ("KLIP", "‖y‖²")}}
+    cases = {"fmnist": {"title": fm_title, "results": fm_results, "n": (n, n)}, "ct": {"title": ct_title, "results": ct_results, "n": (n, n)}}
     write_output_dir(out, {
         "heatmaps.png": lambda path: heatmap_figure(meas, rec, maps, masks, path, labels=labels,
                                                     measurement_title=f"FBP ({views} views)", title=f"KLIP map ({im.label()})"),
-        "roc.png": lambda path: roc_figure(curves, path, title=f"healthy vs lesion ({n} + {n})"),
+        "roc.png": lambda path: roc_figure(curves, path, title=f"KLIP and ‖y‖² ({n} + {n} per case)"),
         "results.md": lambda path: path.write_text(text),
-        "metrics.json": lambda path: atomic_write_json(path, {"n": n, "steps": steps, "seconds": round(elapsed, 1), "results": results}),
-        "report.html": lambda path: _report(path, results, n=n, text=text.split("\n\n")[1], config=config),
+        "metrics.json": lambda path: atomic_write_json(path, {"n": n, "seconds": round(elapsed, 1), "fmnist": {"steps": fm_steps, "results": fm_results},
+                                                              "ct": {"steps": steps, "results": ct_results}}),
+        "report.html": lambda path: _report(path, cases, text=f"{elapsed:.0f} s on this machine; {n} + {n} images per case.", config=config),
     })
     print(f"\n  report:   {out / 'report.html'}\n  heatmaps: {out / 'heatmaps.png'}\n  table:    {out / 'results.md'}\n  done in {elapsed:.0f} s")
     return 0
