@@ -130,7 +130,7 @@ def test_train_bad_input(tmp_path, capsys):
     assert "unknown dataset" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name, size", [("phantom-ct-64", 64), ("fashion-mnist-32", 32)])
+@pytest.mark.parametrize("name, size", [("phantom-ct-64", 64), ("fashion-mnist-32", 32), ("fashion-mnist-0-7-32", 32), ("mnist-32", 32)])
 def test_bundled_priors_load(name, size):
     from priorshift import load_prior
 
