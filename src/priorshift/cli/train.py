@@ -52,7 +52,7 @@ def _cmd_train(args) -> int:
             raise ValueError(f"--init {args.init} has widths {','.join(map(str, base.widths))}; drop --widths or give the same")
         if args.no_attention and base.attention:
             raise ValueError(f"--init {args.init} has attention; drop --no-attention")
-        init_meta = {"prior": str(args.init), "sha256": init_prior.config.get("sha256") or _file_sha(args.init)}
+        init_meta = {"prior": str(args.init), "sha256": _file_sha(args.init)}
         unet_kw = {k: v for k, v in base.to_dict().items()}
     else:
         widths = _parse_widths(args.widths or "16,32,64,128")

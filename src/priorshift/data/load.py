@@ -7,6 +7,8 @@ of them the same way. Sources with one split ignore ``split``; ``seed`` only mat
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -165,8 +167,6 @@ def load_dataset(spec: str, split: str = "train", n: int | None = None, image_si
     elif name in ("folder", "npy") and "path" not in options:
         raise ValueError(f"dataset {name!r} needs a path: use '{name}:PATH'")
     factory = get("dataset", name)
-    import inspect
-
     accepted = set(inspect.signature(factory).parameters) - {"split", "n", "image_size", "seed"}
     unknown = sorted(set(options) - accepted)
     if unknown:
