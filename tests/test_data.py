@@ -11,7 +11,7 @@ import torch
 from scipy import ndimage
 
 from priorshift import registry
-from priorshift.data import (LABEL_NAMES, MIN_COVERAGE, DatasetNotFoundError, PhantomCT, ct_phantom, dicom_slice,
+from priorshift.data import (LABEL_NAMES, MIN_COVERAGE, DatasetNotFoundError, PhantomCT, blob_set, ct_phantom, dicom_slice,
                              fashion_mnist, healthy_set, image_folder, insert_lesion, insert_scar, insert_star,
                              lesion_set, load_dataset, mnist, npy_stack, paste_patch, phantom_stream, star_set)
 from priorshift.data.datasets import FASHION_MNIST_DIR, find_fashion
@@ -161,6 +161,24 @@ def test_sets_paired_and_subset_reproducible():
     assert torch.equal(les5.images[:3], les.images) and torch.equal(les5.masks[:3], les.masks)
     st = star_set(2, 32, seed=1)
     assert st.masks.any((1, 2)).all() and not (st.masks & ~st.body_masks).any()
+
+
+def test_blob_set_is_a_paired_focal_family_of_either_sign():
+    # One small blob per image inside the body, the same anatomy as healthy_set; its mean change over the mask
+    # has a magnitude in the contrast range and either sign across images; the draws are reproducible.
+    n = 16
+    h, b = healthy_set(n, 32, seed=4), blob_set(n, 32, seed=4, contrast=(0.2, 0.3))
+    signs = []
+    for i in range(n):
+        _check_exact(h.images[i], b.images[i], b.masks[i])
+        assert b.masks[i].any() and not (b.masks[i] & ~b.body_masks[i]).any()
+        change = float((b.images[i] - h.images[i])[0][b.masks[i]].mean())
+        assert 0.1 < abs(change) < 0.35  # clamping to [-1, 1] may shave a little off
+        signs.append(change > 0)
+    assert 0 < sum(signs) < n
+    assert torch.equal(blob_set(3, 32, seed=4, contrast=(0.2, 0.3)).images, b.images[:3])
+    with pytest.raises(ValueError, match="magnitudes"):
+        blob_set(2, 32, contrast=(-0.2, 0.1))
 
 
 # ---- loaders -------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Importing this package registers the ``dataset`` entries (``phantom-ct``, ``fash
 ``folder``, ``npy``, ``dicom``, ``shepp-logan``); :func:`load_dataset` loads any of them.
 """
 
-from .artifacts import (MIN_COVERAGE, LabeledSet, healthy_set, insert_lesion, insert_scar, insert_star,
+from .artifacts import (MIN_COVERAGE, LabeledSet, blob_set, healthy_set, insert_lesion, insert_scar, insert_star,
                         lesion_set, paste_patch, scar_set, star_set)
 from .datasets import (FASHION_MNIST_DIR, DatasetNotFoundError, dicom_slice, fashion_mnist, image_folder, mnist,
                        npy_stack, resize, shepp_logan)
@@ -14,7 +14,7 @@ from .phantoms import LABEL_NAMES, Phantom, PhantomCT, ct_phantom, derive_seed, 
 __all__ = [
     "Phantom", "PhantomCT", "ct_phantom", "phantom_stream", "derive_seed", "LABEL_NAMES",
     "MIN_COVERAGE", "LabeledSet", "insert_lesion", "insert_star", "insert_scar", "paste_patch",
-    "healthy_set", "lesion_set", "star_set", "scar_set",
+    "healthy_set", "lesion_set", "blob_set", "star_set", "scar_set",
     "DatasetNotFoundError", "FASHION_MNIST_DIR", "fashion_mnist", "mnist", "image_folder", "npy_stack",
     "dicom_slice", "shepp_logan", "resize", "load_dataset",
 ]

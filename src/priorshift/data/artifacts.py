@@ -25,11 +25,11 @@ from ._render import pixel_blob, pixel_curve, pixel_star
 from .phantoms import Phantom, PhantomCT, derive_seed
 
 __all__ = ["MIN_COVERAGE", "insert_lesion", "insert_star", "insert_scar", "paste_patch", "LabeledSet",
-           "healthy_set", "lesion_set", "star_set", "scar_set"]
+           "healthy_set", "lesion_set", "blob_set", "star_set", "scar_set"]
 
 MIN_COVERAGE = 0.2
 _RING = np.ones((3, 3), dtype=bool)  # objects stay apart in the 8-connected sense
-_TAGS = {"lesion": 0x1E51, "star": 0x57A2, "scar": 0x5CA2, "patch": 0x9A7C, "set": 0x5E75}
+_TAGS = {"lesion": 0x1E51, "star": 0x57A2, "scar": 0x5CA2, "patch": 0x9A7C, "set": 0x5E75, "blob": 0xB10B}
 
 
 def _batch(image) -> tuple[np.ndarray, bool]:
@@ -295,6 +295,22 @@ def lesion_set(n: int, size: int = 64, seed: int = 0, *, contrast: float = -0.15
     radius = tuple(r * size / 64 for r in (2.0, 4.0)) if radius is None else radius
     return _phantom_set(n, size, seed, lambda ph, s: insert_lesion(
         ph.image, ph.liver_mask, contrast=contrast, radius=radius, count=count, seed=s))
+
+
+def blob_set(n: int, size: int = 64, seed: int = 0, *, contrast=(0.1, 0.4), radius=None, count: int = 1) -> LabeledSet:
+    """``PhantomCT(n, size, seed)`` with one small smooth blob per image *anywhere in the body*, of either sign:
+    a generic focal-anomaly family for tuning (synthetic anomalies), broader than :func:`lesion_set`. Per image,
+    ``|contrast|`` is drawn uniformly from the (min, max) range and the sign at random; ``radius`` defaults to
+    ``(1.5, 5) * size / 64`` px. The draws depend only on ``seed`` and the image index."""
+    lo_c, hi_c = _range(contrast, "contrast (a range of magnitudes; the sign is drawn per image)")
+    radius = tuple(r * size / 64 for r in (1.5, 5.0)) if radius is None else radius
+
+    def insert(ph, s):
+        rng = np.random.default_rng(s[0] ^ _TAGS["blob"])
+        c = float(rng.uniform(lo_c, hi_c)) * (1.0 if rng.random() < 0.5 else -1.0)
+        return insert_lesion(ph.image, ph.body_mask, contrast=c, radius=radius, count=count, seed=s)
+
+    return _phantom_set(n, size, seed, insert)
 
 
 def star_set(n: int, size: int = 64, seed: int = 0, *, star_size: float | None = None, intensity: float = 1.0,
