@@ -225,3 +225,72 @@ def test_plan_stage_and_accumulator_validation(inpainting_problem):
         assert float(KLIP(prior, op).sigmas[0]) == pytest.approx(10.0)
     finally:
         prior.sigma_max = 80.0
+
+
+def _synthetic_trace(n: int, signal_steps: slice | None, *, n_steps: int = 10, seed: int = 0, spread: bool = False):
+    # Per-step 2-px block maps of a 4×4 image: noise, plus (OOD) a bump in block (0, 0) at the given steps.
+    from priorshift.bench.klip_eval import Trace
+
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.rand(n, n_steps, 2, 2, generator=g)
+    if signal_steps is not None:
+        maps[:, signal_steps, 0, 0] += 2.0
+    spread_maps = 0.5 + torch.rand(n, n_steps, 2, 2, generator=g) if spread else None
+    return Trace(maps, 2, n_steps, 1.0, 0.0, torch.zeros(n), torch.zeros(n, 1, 4, 4), torch.ones(n_steps + 1), spread_maps)
+
+
+def test_tune_joint_maximizes_the_mean_tuning_auroc_over_shifts():
+    # Shift A shows in the first half of the steps, shift B in the second: each alone is tuned to its own half,
+    # jointly the window must span both; one pair reproduces tune(); mixed step counts are refused.
+    from priorshift.bench.klip_eval import evaluate, tune, tune_joint
+
+    id_a, ood_a = _synthetic_trace(12, None, seed=1), _synthetic_trace(12, slice(0, 5), seed=2)
+    id_b, ood_b = _synthetic_trace(12, None, seed=3), _synthetic_trace(12, slice(5, 10), seed=4)
+    alone_a, res_a = tune(id_a, ood_a, None, None, blocks=(2, 4))
+    assert alone_a.steps(10)[1] <= 5 and res_a["auroc"] == 1.0
+    one, res_one = tune_joint([(id_a, ood_a)], blocks=(2, 4))
+    assert one == alone_a and res_one["auroc"] == res_a["auroc"]
+    joint, res = tune_joint([(id_a, ood_a), (id_b, ood_b)], blocks=(2, 4))
+    k0, k1 = joint.steps(10)
+    assert k0 < 5 <= k1 - 1 and res["auroc"] == pytest.approx(sum(res["aurocs"]) / 2)
+    assert res["aurocs"] == [evaluate(joint, id_a, ood_a)["auroc"], evaluate(joint, id_b, ood_b)["auroc"]]
+    with pytest.raises(ValueError, match="step counts"):
+        tune_joint([(id_a, ood_a), (_synthetic_trace(4, None, n_steps=8), _synthetic_trace(4, None, n_steps=8))], blocks=(2,))
+    with pytest.raises(ValueError, match="at least one"):
+        tune_joint([], blocks=(2,))
+
+
+def test_tune_searches_the_spread_floor():
+    # With score="spread" allowed, every floor in `floors` is a candidate. Here the OOD bump (energy ×4) comes
+    # with exactly as much extra posterior spread, so a tiny floor divides it away and only a large floor detects.
+    from priorshift.bench.klip_eval import Setting, evaluate, tune
+
+    id_t, ood_t = _synthetic_trace(32, None, seed=5, spread=True), _synthetic_trace(32, None, seed=6, spread=True)
+    id_t.spread_maps = torch.ones_like(id_t.step_maps)
+    ood_t.step_maps[:, :, 0, 0] *= 4.0
+    ood_t.spread_maps = torch.ones_like(ood_t.step_maps)
+    ood_t.spread_maps[:, :, 0, 0] = 4.0
+    full = {f: evaluate(Setting((0.0, 1.0), 2, score="spread", spread_floor=f), id_t, ood_t)["auroc"] for f in (1e-6, 2.0)}
+    assert full[1e-6] < 0.75 and full[2.0] > 0.95
+    best, res = tune(id_t, ood_t, None, None, blocks=(2,), scores=("spread",), floors=(1e-6, 2.0))
+    assert best.score == "spread" and best.spread_floor == 2.0 and res["auroc"] >= full[2.0]
+    energy, _ = tune(id_t, ood_t, None, None, blocks=(2,), scores=("energy",), floors=(1e-6, 2.0))
+    assert energy.score == "energy"
+
+
+@pytest.mark.parametrize("normalization, power", [("sigma_power", 1.0), ("sigma_power", -0.5), ("none", 0.5)])
+def test_trace_rebuilds_other_step_normalizations(inpainting_problem, normalization, power):
+    # A trace recorded with normalization="g" gives the map of any σ-power (or no) normalization exactly, and a
+    # Setting's klip_kwargs() run through KLIP reproduce what the Setting computes from the trace.
+    from priorshift.bench.klip_eval import Setting, score_set
+
+    prior, op, y = inpainting_problem
+    kw = dict(plan={"steps": 16}, samples=2)
+    trace = score_set(prior, op, y, seed=[0, 1], base_block=2, **kw)
+    setting = Setting((0.25, 0.75), 4, score="spread", spread_floor=0.3, normalization=normalization, sigma_power=power)
+    direct = KLIP(prior, op, **setting.klip_kwargs(), **kw).score(y, seed=[0, 1])
+    assert direct.extras["window_steps"] == setting.steps(16)
+    assert torch.allclose(setting.maps(trace), direct.map, rtol=1e-4)
+    assert not torch.allclose(Setting((0.25, 0.75), 4, score="spread", spread_floor=0.3).maps(trace), direct.map, rtol=1e-2)
+    with pytest.raises(ValueError, match="rebuilt"):
+        Setting((0.25, 0.75), 4, normalization="kl").maps(trace)

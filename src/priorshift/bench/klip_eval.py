@@ -1,10 +1,11 @@
 """KLIP experiments: score ID/OOD measurement sets once, tune (window, block) on a tuning split, evaluate.
 
-One sampler run per image (full window, finest block, per-step maps kept) serves every window, block and
-ablation variant: :func:`priorshift.detectors.aggregate_step_maps` rebuilds KLIP's map for any of them, and
+One sampler run per image (full window, finest block, per-step maps kept) serves every window, block, score,
+step normalization and ablation variant: :func:`priorshift.detectors.aggregate_step_maps` rebuilds KLIP's map for any of them, and
 :func:`priorshift.detectors.klip.window_steps` / :func:`~priorshift.detectors.klip.image_score` turn a setting
 into steps and a map into a score exactly as the detector does. Tuning never sees the evaluation sets:
-:func:`tune` takes the tuning traces only. Traces are cached on disk by :func:`load_or_score`.
+:func:`tune` (one tuning shift) and :func:`tune_joint` (several at once) take the tuning traces only. Traces are
+cached on disk by :func:`load_or_score`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from priorshift.detectors.klip import KLIP, aggregate_step_maps, image_score, sp
 from priorshift.io import atomic_write, atomic_write_json
 from priorshift.metrics import block_auroc, ood_metrics
 
-__all__ = ["Trace", "score_set", "load_or_score", "Setting", "evaluate", "tune", "ablation_settings", "VARIANT_NAMES"]
+__all__ = ["Trace", "score_set", "load_or_score", "Setting", "evaluate", "tune", "tune_joint", "ablation_settings", "VARIANT_NAMES"]
 
 VARIANT_NAMES = {
     "whole_image": "whole-image KL (no window, one block)",
@@ -118,21 +119,38 @@ def load_or_score(path: str | Path, prior, operator, y: Tensor, *, seed, base_bl
 @dataclass(frozen=True)
 class Setting:
     """A KLIP configuration evaluable from a trace: window as fractions of the steps, block in pixels
-    (``block=None``: one block covering the image)."""
+    (``block=None``: one block covering the image), the map's ``score`` and the per-step ``normalization``.
+
+    Traces are recorded with KLIP's default ``normalization="g"`` (step map ``‖Δx_k‖² / g_k²``, ``g_k² = σ_k +
+    σ_{k+1}``); ``"sigma_power"`` (``‖Δx_k‖² / σ_k^{2p}``, p = ``sigma_power``) and ``"none"`` are rebuilt exactly
+    by reweighting each step's map by ``g_k² / n_k²``. (``"kl"`` needs the ln σ cells and is not offered here.)"""
 
     window: tuple[float, float]
     block: int | None
     variant: str = "klip"
     score: str = "energy"  # or "spread": KLIP(score="spread"), from the trace's spread maps
     spread_floor: float = 0.1
+    normalization: str = "g"  # or "sigma_power", "none": KLIP(normalization=...)
+    sigma_power: float = 0.5
 
     def steps(self, n_steps: int) -> tuple[int, int]:
         return window_steps(self.window, n_steps)
 
+    def _step_maps(self, trace: Trace) -> Tensor:
+        if self.normalization == "g":
+            return trace.step_maps
+        if self.normalization not in ("sigma_power", "none"):
+            raise ValueError(f"normalization {self.normalization!r} cannot be rebuilt from a trace; use g, sigma_power or none")
+        sig = trace.sigmas.to(torch.float64)
+        T = trace.step_maps.shape[1]
+        g2 = sig[:T] + sig[1:T + 1]
+        n2 = sig[:T] ** (2 * self.sigma_power) if self.normalization == "sigma_power" else torch.ones_like(g2)
+        return trace.step_maps.to(torch.float64) * (g2 / n2).reshape(1, T, 1, 1)
+
     def maps(self, trace: Trace) -> Tensor:
         k0, k1 = self.steps(trace.n_steps)
         pool = 0 if self.block is None else self.block // trace.base_block
-        energy = aggregate_step_maps(trace.step_maps, (k0, k1), pool=pool)
+        energy = aggregate_step_maps(self._step_maps(trace), (k0, k1), pool=pool)
         if self.score == "energy":
             return energy
         if trace.spread_maps is None:
@@ -143,9 +161,26 @@ class Setting:
         # Sampling stops at the window's end.
         return trace.nfe_per_image_full * self.steps(trace.n_steps)[1] / trace.n_steps
 
+    def klip_kwargs(self) -> dict:
+        """The :class:`~priorshift.detectors.KLIP` arguments of this setting (``window``, ``block``, ``score``, ...)."""
+        kw = {"window": tuple(self.window), "score": self.score, "normalization": self.normalization}
+        if self.variant != "klip":
+            kw["variant"] = self.variant
+        if self.block is not None:
+            kw["block"] = self.block
+        if self.score == "spread":
+            kw["spread_floor"] = self.spread_floor
+        if self.normalization == "sigma_power":
+            kw["sigma_power"] = self.sigma_power
+        return kw
+
     def label(self) -> str:
         block = "image" if self.block is None else f"{self.block}px"
         extra = f", spread-normalized (floor {self.spread_floor:g})" if self.score == "spread" else ""
+        if self.normalization == "sigma_power":
+            extra += f", steps weighted σ^{-2 * self.sigma_power:g}"
+        elif self.normalization == "none":
+            extra += ", unnormalized steps"
         return f"window [{self.window[0]:.2f}, {self.window[1]:.2f}), block {block}{extra}"
 
 
@@ -168,31 +203,67 @@ def _windows(grid: float = 0.05, min_width: float = 0.05) -> list[tuple[float, f
     return [(float(a), float(b)) for a, b in itertools.combinations(edges, 2) if b - a >= min_width - 1e-9]
 
 
-def tune(trace_id: Trace, trace_ood: Trace, masks: Tensor, body_masks: Tensor | None, *, blocks, objective: str = "dataset", grid: float = 0.05, variant: str = "klip",
-         scores: tuple[str, ...] = ("energy",)) -> tuple[Setting, dict]:
-    """Grid-search (window, block) — and the map's ``score`` among ``scores`` ("energy", "spread") — on a
-    **tuning** split. ``objective``: ``"dataset"`` (AUROC, max over blocks) or ``"image"`` (mean block AUROC). Ties are broken towards earlier-ending windows (fewer NFE)."""
+def _candidates(n_steps: int, *, blocks, objective: str, grid: float, variant: str, scores, floors, weightings=("g",)):
+    """Every distinct setting of the search: (window, block, score, floor, step weighting), windows that select
+    the same steps at ``n_steps`` tried once. ``weightings``: ``"g"``, ``"none"`` or a number p (``"sigma_power"``)."""
     windows = _windows(grid) if variant in ("klip", "temporal_only") else [(0.0, 1.0)]
     # Without a spatial restriction the dataset-level score uses one block; a map needs blocks, so for the
     # image-level objective "no spatial restriction" means the finest block (no aggregation).
     unrestricted = None if objective == "dataset" else min(blocks)
     block_choices = list(blocks) if variant in ("klip", "spatial_only") else [unrestricted]
-    best, best_key, best_res = None, None, None
+    variants = [(score, floor) for score in scores for floor in (floors if score == "spread" else floors[:1])]
+    norms = [(w, 0.5) if isinstance(w, str) else ("sigma_power", float(w)) for w in weightings]
     seen = set()
-    for window, block, score in itertools.product(windows, block_choices, scores):
-        setting = Setting(window, block, variant, score)
+    for window, block, (score, floor), (norm, power) in itertools.product(windows, block_choices, variants, norms):
+        setting = Setting(window, block, variant, score, floor, norm, power)
         try:
-            k0, k1 = setting.steps(trace_id.n_steps)
+            k0, k1 = setting.steps(n_steps)
         except ValueError:
             continue  # empty at this step count
-        if (k0, k1, block, score) in seen:
-            continue  # the same steps as a window already tried
-        seen.add((k0, k1, block, score))
+        if (k0, k1, block, score, floor, norm, power) not in seen:
+            seen.add((k0, k1, block, score, floor, norm, power))
+            yield setting
+
+
+def _objective_value(res: dict, objective: str) -> float:
+    return res["auroc"] if objective == "dataset" else res["block_auroc_mean"]
+
+
+def tune(trace_id: Trace, trace_ood: Trace, masks: Tensor, body_masks: Tensor | None, *, blocks, objective: str = "dataset", grid: float = 0.05, variant: str = "klip",
+         scores: tuple[str, ...] = ("energy",), floors: tuple[float, ...] = (0.1,), weightings=("g",)) -> tuple[Setting, dict]:
+    """Grid-search (window, block) — and the map's ``score`` among ``scores`` ("energy", "spread"), with
+    ``spread_floor`` among ``floors`` for "spread", and the per-step ``weightings`` (see :func:`_candidates`) — on a **tuning** split. ``objective``: ``"dataset"`` (AUROC,
+    max over blocks) or ``"image"`` (mean block AUROC). Ties are broken towards earlier-ending windows (fewer NFE)."""
+    best, best_key, best_res = None, None, None
+    for setting in _candidates(trace_id.n_steps, blocks=blocks, objective=objective, grid=grid, variant=variant, scores=scores, floors=floors,
+                               weightings=weightings):
         res = evaluate(setting, trace_id, trace_ood, masks if objective == "image" else None, body_masks)
-        value = res["auroc"] if objective == "dataset" else res["block_auroc_mean"]
-        key = (round(value, 6), -window[1], -(window[1] - window[0]))
+        key = (round(_objective_value(res, objective), 6), -setting.window[1], -(setting.window[1] - setting.window[0]))
         if best_key is None or key > best_key:
             best, best_key, best_res = setting, key, res
+    return best, best_res
+
+
+def tune_joint(pairs, *, blocks, grid: float = 0.05, scores: tuple[str, ...] = ("energy",), floors: tuple[float, ...] = (0.1,),
+               weightings=("g",)) -> tuple[Setting, dict]:
+    """One dataset-level setting for several tuning shifts at once: the (window, block, score) that maximizes
+    the **mean** AUROC over ``pairs`` = [(trace_id, trace_ood), ...] (each a tuning split; their ID traces may
+    come from different priors). Returns the setting and ``{"auroc": mean, "aurocs": [per pair]}``; ties as
+    :func:`tune`. All traces must share the step count."""
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("tune_joint needs at least one (trace_id, trace_ood) pair")
+    n_steps = {t.n_steps for pair in pairs for t in pair}
+    if len(n_steps) != 1:
+        raise ValueError(f"the traces were sampled with different step counts {sorted(n_steps)}; a window would select different steps")
+    best, best_key, best_res = None, None, None
+    for setting in _candidates(n_steps.pop(), blocks=blocks, objective="dataset", grid=grid, variant="klip", scores=scores, floors=floors,
+                               weightings=weightings):
+        aurocs = [evaluate(setting, a, b)["auroc"] for a, b in pairs]
+        mean = float(np.mean(aurocs))
+        key = (round(mean, 6), -setting.window[1], -(setting.window[1] - setting.window[0]))
+        if best_key is None or key > best_key:
+            best, best_key, best_res = setting, key, {"auroc": mean, "aurocs": aurocs}
     return best, best_res
 
 
