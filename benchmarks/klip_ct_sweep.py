@@ -15,12 +15,18 @@ pairs). Scores: KLIP with its library-default window/block, the ``ct`` task's wi
 with the former DPS step — reported as a transfer, not re-tuned), the full window with 8-px blocks, the first and
 the last again with ``score="spread"`` (each block's energy over the posterior samples' spread there, floor
 0.1; fixed before looking at lesions), window, block and score tuned at each σ_y on a **star tuning split**
-(healthy vs star phantoms, other anatomies; dataset-level and image-level objectives), the whole-image KL (``kl_nats`` over the full
-schedule) and the trivial ``‖y‖²``. With the same noise draw in both images of a pair, ``‖y‖²`` differs
-deterministically by ``‖A·lesion‖² + 2⟨A·lesion, A x + e⟩``, so its paired statistic measures the sign of that
+(healthy vs star phantoms, other anatomies; dataset-level and image-level objectives), window, block, score and
+spread floor (and the per-step weighting, dataset level) tuned on a **focal-blob tuning split** (:func:`priorshift.data.blob_set`: one small smooth blob per
+image anywhere in the body, |contrast| 0.1-0.4 of either sign, radius 1.5-5 px — a generic synthetic-anomaly
+family, other anatomies, never lesions), the whole-image KL (``kl_nats`` over the full schedule) and the trivial
+``‖y‖²``. With the same noise draw in both images of a pair, ``‖y‖²`` differs deterministically by ``‖A·lesion‖² + 2⟨A·lesion, A x + e⟩``, so its paired statistic measures the sign of that
 difference, not detection; its AUROC is the honest number.
 
+``--radius lo,hi`` changes the lesions' radius range (px; default 2-4) for the radius sweep; its tables go to
+``results-radius{lo}-{hi}.md`` beside the main one, sharing the other sets' cached traces.
+
     python benchmarks/klip_ct_sweep.py --out benchmarks/results/klip-ct-sweep
+    python benchmarks/klip_ct_sweep.py --out benchmarks/results/klip-ct-sweep --noise 0.1,0.5 --radius 1,2
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import torch
 
 from priorshift import load_prior
 from priorshift.bench.klip_eval import Setting, Trace, load_or_score, tune
-from priorshift.data import healthy_set, lesion_set, star_set
+from priorshift.data import blob_set, healthy_set, lesion_set, star_set
 from priorshift.detectors import KLIP
 from priorshift.io import atomic_write
 from priorshift.metrics import block_auroc, ood_metrics
@@ -45,8 +51,47 @@ from priorshift.metrics.ood import auroc_standard_error
 from priorshift.tasks import get_task
 
 
+# Per-step weightings searched by the blob tuning: KLIP's "g" (‖Δx‖²/(σ_k + σ_k+1)), none, σ⁻², σ (window grid 0.1).
+WEIGHTINGS = ("g", "none", 1.0, -0.5)
+
+
 def _fmt(v, d=3):
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+
+
+def _figure(rows: list[dict], path: Path, title: str) -> None:
+    """Paired statistic and AUROC (± SE) against the lesion's signal strength, for the scores fixed a priori,
+    the blob-tuned one and the trivial baselines (the star-tuned rows are in the table)."""
+    from priorshift.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    keep = ("whole-image KL", "‖y‖²", "KLIP, library default", "KLIP, full window, 8 px, spread-normalized", "KLIP, blob-tuned (")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharex=True)
+    for i, prefix in enumerate(keep):
+        sel = sorted((r for r in rows if r["score"] == prefix or (prefix.endswith("(") and r["score"].startswith(prefix))), key=lambda r: r["signal"])
+        if not sel:
+            continue
+        x = [r["signal"] for r in sel]
+        label = prefix.rstrip(" (") + (" (re-tuned per σ_y)" if prefix.endswith("(") else "")
+        for ax, key in zip(axes, ("paired", "auroc")):
+            if key == "paired" and prefix == "‖y‖²":
+                continue  # the sign of a deterministic difference, not a detection rate
+            ax.errorbar(x, [r[key] for r in sel], yerr=[r[f"{key}_se"] for r in sel], marker="o", capsize=3, label=label, color=f"C{i}")
+    for ax, name in zip(axes, ("paired: lesion raises its own anatomy's score", "AUROC: healthy vs lesion")):
+        ax.set_xscale("log")
+        ticks = sorted({round(r["signal"], 1) for r in rows})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("signal ‖A·lesion‖ / σ_y")
+        ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
+        ax.set_ylim(0.3, 1.02)
+        ax.set_title(name, fontsize=10)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
+    save_figure(fig, path)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -58,17 +103,20 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--prior", default="phantom-ct-64")
+    ap.add_argument("--radius", default=None, help="lesion radius range lo,hi in px (default 2,4)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    radius = None if args.radius is None else tuple(float(v) for v in args.radius.split(","))
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     (out / "traces").mkdir(parents=True, exist_ok=True)
     prior = load_prior(args.prior)
     task = get_task("ct")
     healthy = healthy_set(args.n, 64, seed=31_000)
-    lesion = lesion_set(args.n, 64, seed=31_000, contrast=args.contrast)
+    lesion = lesion_set(args.n, 64, seed=31_000, contrast=args.contrast, radius=radius)
     assert torch.equal(healthy.body_masks, lesion.body_masks)  # the same anatomies
     tune_id, tune_star = healthy_set(args.n, 64, seed=32_000), star_set(args.n, 64, seed=32_001)  # the star tuning split
+    tune_blob = blob_set(args.n, 64, seed=32_002)  # the focal-blob tuning split (other anatomies again)
     klip_kwargs = dict(plan={"sampler": "pigdm", "steps": args.steps}, samples=args.samples)
     default = KLIP(prior, task.make_operator(), **klip_kwargs)
     settings = {
@@ -85,21 +133,36 @@ def main(argv=None) -> int:
         y_h, y_l = op(healthy.images, seed=seeds), op(lesion.images, seed=seeds)
         signal = float(((op.A(lesion.images) - op.A(healthy.images)).flatten(1).norm(dim=1) / noise).median())
         traces: dict[str, Trace] = {}
-        tuning = {"tune_id": op(tune_id.images, seed=[11_000 + i for i in range(args.n)]), "tune_star": op(tune_star.images, seed=[12_000 + i for i in range(args.n)])}
+        tuning = {"tune_id": op(tune_id.images, seed=[11_000 + i for i in range(args.n)]), "tune_star": op(tune_star.images, seed=[12_000 + i for i in range(args.n)]),
+                  "tune_blob": op(tune_blob.images, seed=[13_000 + i for i in range(args.n)])}
         for name, y in (("healthy", y_h), ("lesion", y_l), *tuning.items()):
-            key = json.dumps({"noise": noise, "set": name, "n": args.n, "contrast": args.contrast, "prior": args.prior, "spread_maps": True, **klip_kwargs},
-                             sort_keys=True)
+            key = json.dumps({"noise": noise, "set": name, "n": args.n, "contrast": args.contrast, "prior": args.prior, "spread_maps": True, **klip_kwargs,
+                              **({"radius": radius} if radius is not None and name == "lesion" else {})}, sort_keys=True)
             t0 = time.perf_counter()
 
             def progress(done, total, name=name, t0=t0):
                 print(f"\r  σ_y {noise} {name}: {done}/{total} ({time.perf_counter() - t0:.0f}s)", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-            traces[name] = load_or_score(out / "traces" / f"noise{noise:g}-{name}.safetensors", prior, op, y, seed=[9_000 + i for i in range(args.n)],
+            stem = f"noise{noise:g}-{name}" + (f"-radius{args.radius.replace(',', '-')}" if radius is not None and name == "lesion" else "")
+            traces[name] = load_or_score(out / "traces" / f"{stem}.safetensors", prior, op, y, seed=[9_000 + i for i in range(args.n)],
                                          base_block=2, key=key, progress=progress, **klip_kwargs)
-        tuned, _ = tune(traces["tune_id"], traces["tune_star"], None, None, blocks=(2, 4, 8, 16), objective="dataset", scores=("energy", "spread"))
-        tuned_map, _ = tune(traces["tune_id"], traces["tune_star"], tune_star.masks, tune_star.body_masks, blocks=(2, 4, 8, 16), objective="image",
-                            scores=("energy", "spread"))
-        here = {**settings, f"KLIP, star-tuned: {tuned.label()}": tuned, f"KLIP, star-tuned for maps: {tuned_map.label()}": tuned_map}
+        tuned, res = tune(traces["tune_id"], traces["tune_star"], None, None, blocks=(2, 4, 8, 16), objective="dataset", scores=("energy", "spread"))
+        tuned_map, res_map = tune(traces["tune_id"], traces["tune_star"], tune_star.masks, tune_star.body_masks, blocks=(2, 4, 8, 16), objective="image",
+                                  scores=("energy", "spread"))
+        floors = (0.03, 0.1, 0.3, 1.0)
+        blob, res_blob = tune(traces["tune_id"], traces["tune_blob"], None, None, blocks=(2, 4, 8, 16), objective="dataset", scores=("energy", "spread"),
+                              floors=floors, weightings=WEIGHTINGS, grid=0.1)
+        blob_map, res_blob_map = tune(traces["tune_id"], traces["tune_blob"], tune_blob.masks, tune_blob.body_masks, blocks=(2, 4, 8, 16), objective="image",
+                                      scores=("energy", "spread"), floors=floors)
+        here = {**settings, f"KLIP, star-tuned (tuning AUROC {res['auroc']:.3f}): {tuned.label()}": tuned,
+                f"KLIP, star-tuned for maps (tuning block AUROC {res_map['block_auroc_mean']:.3f}): {tuned_map.label()}": tuned_map,
+                f"KLIP, blob-tuned (tuning AUROC {res_blob['auroc']:.3f}): {blob.label()}": blob,
+                f"KLIP, blob-tuned for maps (tuning block AUROC {res_blob_map['block_auroc_mean']:.3f}): {blob_map.label()}": blob_map}
+        for w in WEIGHTINGS:  # issue §2's per-step weighting: each one star-tuned on its own, then reported on lesions
+            star_w, res_w = tune(traces["tune_id"], traces["tune_star"], None, None, blocks=(2, 4, 8, 16), objective="dataset", scores=("energy", "spread"),
+                                 weightings=(w,), grid=0.1)
+            name = w if isinstance(w, str) else f"σ^{-2 * w:g}"
+            here[f"KLIP, star-tuned with steps weighted {name} (tuning AUROC {res_w['auroc']:.3f}): {star_w.label()}"] = star_w
         scores = {label: (s.maps(traces["healthy"]).flatten(1).max(1).values, s.maps(traces["lesion"]).flatten(1).max(1).values, s)
                   for label, s in here.items()}
         scores["whole-image KL"] = (traces["healthy"].kl_nats, traces["lesion"].kl_nats, None)
@@ -115,7 +178,8 @@ def main(argv=None) -> int:
             rows.append({"noise": noise, "signal": signal, "score": label, "paired": paired, "paired_se": math.sqrt(max(paired * (1 - paired), 1e-12) / args.n),
                          "auroc": m["auroc"], "auroc_se": auroc_standard_error(m["auroc"], args.n, args.n), "fpr95": m["fpr95_ood_positive"],
                          "block_auroc_any": loc.get("any"), "block_auroc_all": loc.get("all"), "nfe_per_image": traces["lesion"].nfe_per_image_full})
-    lines = [f"# KLIP on CT lesions across σ_y (contrast {args.contrast:+.2f}, {args.n} pairs, ΠGDM {args.steps} steps, S = {args.samples})", "",
+    radius_text = "" if radius is None else f", radius {radius[0]:g}-{radius[1]:g} px"
+    lines = [f"# KLIP on CT lesions across σ_y (contrast {args.contrast:+.2f}{radius_text}, {args.n} pairs, ΠGDM {args.steps} steps, S = {args.samples})", "",
              "Paired: fraction of pairs (same anatomy, same noise draw, same sampler seeds) where the lesion raises the score, ± binomial SE. "
              "AUROC: healthy vs lesion (anatomy varies) ± Hanley–McNeil SE. Block AUROC of the lesion maps: `any` = blocks with any body pixel "
              "(KLIP's unified pipeline), `all` = all-body blocks only (legacy song22 rule). Signal = median ‖A·lesion‖ / σ_y. "
@@ -127,10 +191,13 @@ def main(argv=None) -> int:
                      f"{_fmt(r['fpr95'])} | {_fmt(r['block_auroc_any'])} | {_fmt(r['block_auroc_all'])} | {r['nfe_per_image']:.0f} |")
     lines += ["", f"Settings: library default = {settings['KLIP, library default'].label()}; ct task = {settings['KLIP, ct task (star-tuned for DPS)'].label()}.", "",
               f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; {time.perf_counter() - t_all:.0f} s "
-              "(cached traces are not re-sampled).", "", f"Command: `python benchmarks/klip_ct_sweep.py --out {args.out} --n {args.n} --noise {args.noise}`"]
+              "(cached traces are not re-sampled).", "", f"Command: `python benchmarks/klip_ct_sweep.py --out {args.out} --n {args.n} --noise {args.noise} --contrast {args.contrast:g}"
+              + (f" --radius {args.radius}" if args.radius else "") + "`"]
     text = "\n".join(lines) + "\n"
-    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text))
-    atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
+    name = "results" if radius is None else f"results-radius{args.radius.replace(',', '-')}"  # the other sets' traces are shared
+    atomic_write(out / f"{name}.md", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
+    _figure(rows, out / f"{name}.png", f"CT lesions, contrast {args.contrast:+.2f}{radius_text}, {args.n} pairs")
     print(text)
     return 0
 
