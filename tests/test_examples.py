@@ -77,3 +77,31 @@ def test_run_all_harness_on_one_benchmark(tmp_path):
     assert not list(tmp_path.glob(".bench.md.*")), "written atomically: no temporary file left"
     bad = _run("benchmarks/run_all.py", "--quick", "--only", "nope", "--out", str(tmp_path / "x.md"), timeout=60)
     assert bad.returncode == 2 and "unknown benchmark nope" in bad.stderr and not (tmp_path / "x.md").exists()
+
+
+# -- the KLIP detection benchmarks, tiny (they only run in full by hand: hours on a CPU) --------------------
+def test_klip_ct_sweep_runs_tiny(tmp_path):
+    out = tmp_path / "sweep"
+    r = _run("benchmarks/klip_ct_sweep.py", "--out", str(out), "--n", "3", "--steps", "10", "--noise", "0.5", "--threads", "1", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = (out / "results.md").read_text()
+    for row in ("| whole-image KL |", "| ‖y‖² |", "KLIP, blob-tuned (tuning AUROC", "KLIP, star-tuned with steps weighted σ^-2"):
+        assert row in text, row
+    assert (out / "results.png").stat().st_size > 0 and len(list((out / "traces").glob("*.safetensors"))) == 5
+    r = _run("benchmarks/klip_ct_sweep.py", "--out", str(out), "--n", "3", "--steps", "10", "--noise", "0.5", "--radius", "1,2", "--threads", "1", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "radius 1-2 px" in (out / "results-radius1-2.md").read_text() and len(list((out / "traces").glob("*.safetensors"))) == 6, "only the lesions re-sampled"
+
+
+def test_klip_detects_runs_tiny(tmp_path):
+    from priorshift.data.datasets import FASHION_MNIST_DIR
+
+    if not FASHION_MNIST_DIR.joinpath("t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST not installed")
+    out = tmp_path / "detects"
+    r = _run("benchmarks/klip_detects.py", "--out", str(out), "--domains", "inpaint50", "--n-tune", "3", "--n-eval", "3", "--n-class-tune", "4",
+             "--n-shift", "2", "--steps", "10", "--threads", "1", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = (out / "results.md").read_text()
+    for row in ("KLIP, held-out-class-tuned", "KLIP, jointly tuned", "| ‖y‖² (raw) |", "--n-eval 3 --n-class-tune 4 --steps 10"):
+        assert row in text, row
