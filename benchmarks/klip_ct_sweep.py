@@ -15,12 +15,14 @@ pairs). Scores: KLIP with its library-default window/block, the ``ct`` task's wi
 with the former DPS step — reported as a transfer, not re-tuned), the full window with 8-px blocks, the first and
 the last again with ``score="spread"`` (each block's energy over the posterior samples' spread there, floor
 0.1; fixed before looking at lesions), window, block and score tuned at each σ_y on a **star tuning split**
-(healthy vs star phantoms, other anatomies; dataset-level and image-level objectives), window, block, score and
-spread floor (and the per-step weighting, dataset level) tuned on a **focal-blob tuning split** (:func:`priorshift.data.blob_set`: one small smooth blob per
-image anywhere in the body, |contrast| 0.1-0.4 of either sign, radius 1.5-5 px — a generic synthetic-anomaly
-family, other anatomies, never lesions), the whole-image KL (``kl_nats`` over the full schedule) and the trivial
-``‖y‖²``. With the same noise draw in both images of a pair, ``‖y‖²`` differs deterministically by ``‖A·lesion‖² + 2⟨A·lesion, A x + e⟩``, so its paired statistic measures the sign of that
-difference, not detection; its AUROC is the honest number.
+(healthy vs star phantoms, other anatomies; dataset-level and image-level objectives; once more for each per-step
+weighting), window, block, score and spread floor (and the per-step weighting, dataset level) tuned on a
+**focal-blob tuning split** (:func:`priorshift.data.blob_set`: one small smooth blob per image anywhere in the
+body, |contrast| 0.1-0.4 of either sign, radius 1.5-5 px — a generic synthetic-anomaly family, other anatomies,
+never lesions), the whole-image KL (``kl_nats`` over the full schedule) and the trivial ``‖y‖²``. With the same
+noise draw in both images of a pair, ``‖y‖²`` differs deterministically by ``‖A·lesion‖² + 2⟨A·lesion, A x + e⟩``,
+so its paired statistic measures the sign of that difference, not detection; its AUROC is the honest number.
+Every tuned row names its tuning AUROC; ``results.png`` plots the paired statistic and the AUROC against the signal.
 
 ``--radius lo,hi`` changes the lesions' radius range (px; default 2-4) for the radius sweep; its tables go to
 ``results-radius{lo}-{hi}.md`` beside the main one, sharing the other sets' cached traces.
@@ -161,8 +163,8 @@ def main(argv=None) -> int:
         for w in WEIGHTINGS:  # issue §2's per-step weighting: each one star-tuned on its own, then reported on lesions
             star_w, res_w = tune(traces["tune_id"], traces["tune_star"], None, None, blocks=(2, 4, 8, 16), objective="dataset", scores=("energy", "spread"),
                                  weightings=(w,), grid=0.1)
-            name = w if isinstance(w, str) else f"σ^{-2 * w:g}"
-            here[f"KLIP, star-tuned with steps weighted {name} (tuning AUROC {res_w['auroc']:.3f}): {star_w.label()}"] = star_w
+            weighting = w if isinstance(w, str) else f"σ^{-2 * w:g}"
+            here[f"KLIP, star-tuned with steps weighted {weighting} (tuning AUROC {res_w['auroc']:.3f}): {star_w.label()}"] = star_w
         scores = {label: (s.maps(traces["healthy"]).flatten(1).max(1).values, s.maps(traces["lesion"]).flatten(1).max(1).values, s)
                   for label, s in here.items()}
         scores["whole-image KL"] = (traces["healthy"].kl_nats, traces["lesion"].kl_nats, None)
