@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from priorshift.bench.klip_eval import Setting, Trace, load_or_score
 from priorshift.data import PhantomCT, healthy_set, lesion_set, load_dataset
 from priorshift.io import atomic_write
 from priorshift.metrics import block_auroc, ood_metrics
-from priorshift.metrics.ood import auroc_standard_error
+from priorshift.metrics.ood import auroc_standard_error, paired_rate
 from priorshift.tasks import get_task
 
 
@@ -66,13 +65,15 @@ def main(argv=None) -> int:
 
     def row(label, s_h, s_l, lmap=None, block=None):
         m = ood_metrics(s_h, s_l)
-        paired = float((s_l > s_h).double().mean())
+        paired, paired_se = paired_rate(s_h, s_l)
         loc = {r: (block_auroc(lmap, lesion.masks, block, body_mask=lesion.body_masks, body_rule=r).mean if lmap is not None else None) for r in ("any", "all")}
-        rows.append((label, paired, math.sqrt(max(paired * (1 - paired), 1e-12) / n), m["auroc"], auroc_standard_error(m["auroc"], n, n), loc["any"], loc["all"]))
+        rows.append((label, paired, paired_se, m["auroc"], auroc_standard_error(m["auroc"], n, n), loc["any"], loc["all"]))
 
     def top(m):
         return m.flatten(1).max(1).values
 
+    row("‖y‖² (trivial baseline; paired = the sign of a deterministic difference, same noise draw)",
+        ys["healthy"].flatten(1).pow(2).sum(1), ys["lesion"].flatten(1).pow(2).sum(1))
     row("whole-image KL (θ)", theta["healthy"].kl_nats, theta["lesion"].kl_nats)
     row("whole-image KL of the Gaussian reference (closed form)", kl_gauss["healthy"], kl_gauss["lesion"])
     row("KL_θ − KL_Gauss (likelihood ratio)", theta["healthy"].kl_nats - kl_gauss["healthy"], theta["lesion"].kl_nats - kl_gauss["lesion"])

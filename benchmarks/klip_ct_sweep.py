@@ -44,17 +44,13 @@ from pathlib import Path
 import torch
 
 from priorshift import load_prior
-from priorshift.bench.klip_eval import Setting, Trace, load_or_score, tune
+from priorshift.bench.klip_eval import STEP_WEIGHTINGS, Setting, Trace, load_or_score, tune
 from priorshift.data import blob_set, healthy_set, lesion_set, star_set
 from priorshift.detectors import KLIP
 from priorshift.io import atomic_write
 from priorshift.metrics import block_auroc, ood_metrics
-from priorshift.metrics.ood import auroc_standard_error
+from priorshift.metrics.ood import auroc_standard_error, paired_rate
 from priorshift.tasks import get_task
-
-
-# Per-step weightings searched by the blob tuning: KLIP's "g" (‖Δx‖²/(σ_k + σ_k+1)), none, σ⁻², σ (window grid 0.1).
-WEIGHTINGS = ("g", "none", 1.0, -0.5)
 
 
 def _fmt(v, d=3):
@@ -108,7 +104,14 @@ def main(argv=None) -> int:
     ap.add_argument("--radius", default=None, help="lesion radius range lo,hi in px (default 2,4)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    radius = None if args.radius is None else tuple(float(v) for v in args.radius.split(","))
+    radius = None
+    if args.radius is not None:
+        try:
+            radius = tuple(float(v) for v in args.radius.split(","))
+        except ValueError:
+            radius = ()
+        if len(radius) != 2 or not 0 < radius[0] <= radius[1]:
+            ap.error(f"--radius needs lo,hi in px with 0 < lo <= hi (e.g. 1,2), got {args.radius!r}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     (out / "traces").mkdir(parents=True, exist_ok=True)
@@ -153,14 +156,14 @@ def main(argv=None) -> int:
                                   scores=("energy", "spread"))
         floors = (0.03, 0.1, 0.3, 1.0)
         blob, res_blob = tune(traces["tune_id"], traces["tune_blob"], None, None, blocks=(2, 4, 8, 16), objective="dataset", scores=("energy", "spread"),
-                              floors=floors, weightings=WEIGHTINGS, grid=0.1)
+                              floors=floors, weightings=STEP_WEIGHTINGS, grid=0.1)  # a coarser window grid: this search has 20× the options
         blob_map, res_blob_map = tune(traces["tune_id"], traces["tune_blob"], tune_blob.masks, tune_blob.body_masks, blocks=(2, 4, 8, 16), objective="image",
                                       scores=("energy", "spread"), floors=floors)
         here = {**settings, f"KLIP, star-tuned (tuning AUROC {res['auroc']:.3f}): {tuned.label()}": tuned,
                 f"KLIP, star-tuned for maps (tuning block AUROC {res_map['block_auroc_mean']:.3f}): {tuned_map.label()}": tuned_map,
                 f"KLIP, blob-tuned (tuning AUROC {res_blob['auroc']:.3f}): {blob.label()}": blob,
                 f"KLIP, blob-tuned for maps (tuning block AUROC {res_blob_map['block_auroc_mean']:.3f}): {blob_map.label()}": blob_map}
-        for w in WEIGHTINGS:  # issue §2's per-step weighting: each one star-tuned on its own, then reported on lesions
+        for w in STEP_WEIGHTINGS:  # issue §2's per-step weighting: each one star-tuned on its own, then reported on lesions
             star_w, res_w = tune(traces["tune_id"], traces["tune_star"], None, None, blocks=(2, 4, 8, 16), objective="dataset", scores=("energy", "spread"),
                                  weightings=(w,), grid=0.1)
             weighting = w if isinstance(w, str) else f"σ^{-2 * w:g}"
@@ -171,13 +174,13 @@ def main(argv=None) -> int:
         scores["‖y‖²"] = (y_h.flatten(1).pow(2).sum(1), y_l.flatten(1).pow(2).sum(1), None)
         for label, (s_h, s_l, setting) in scores.items():
             m = ood_metrics(s_h, s_l)
-            paired = float((s_l > s_h).double().mean())
+            paired, paired_se = paired_rate(s_h, s_l)
             loc = {}
             if setting is not None:
                 lmap = setting.maps(traces["lesion"])
                 for rule in ("any", "all"):
                     loc[rule] = block_auroc(lmap, lesion.masks, setting.block, body_mask=lesion.body_masks, body_rule=rule).mean
-            rows.append({"noise": noise, "signal": signal, "score": label, "paired": paired, "paired_se": math.sqrt(max(paired * (1 - paired), 1e-12) / args.n),
+            rows.append({"noise": noise, "signal": signal, "score": label, "paired": paired, "paired_se": paired_se,
                          "auroc": m["auroc"], "auroc_se": auroc_standard_error(m["auroc"], args.n, args.n), "fpr95": m["fpr95_ood_positive"],
                          "block_auroc_any": loc.get("any"), "block_auroc_all": loc.get("all"), "nfe_per_image": traces["lesion"].nfe_per_image_full})
     radius_text = "" if radius is None else f", radius {radius[0]:g}-{radius[1]:g} px"

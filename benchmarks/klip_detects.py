@@ -14,8 +14,8 @@ cached in OUT/traces) and every setting is evaluated from the traces (:mod:`prio
   ankle boots): a global, semantic shift like MNIST's, found without MNIST; the window and block are then used
   unchanged with ``fashion-mnist-32``;
 * ``jointly tuned`` — one window, block and per-step weighting (KLIP's ``g``, none, σ⁻², σ) for all three
-  tuning shifts at once (held-out classes, stars, CT phantoms): the setting with the highest **mean** tuning AUROC (:func:`priorshift.bench.klip_eval.tune_joint`),
-  which no single small tuning split's noise decides;
+  tuning shifts at once (held-out classes, stars, CT phantoms): the setting with the highest **mean** tuning AUROC
+  (:func:`priorshift.bench.klip_eval.tune_joint`);
 * the star- and surrogate-tuned ones again with ``score="spread"`` allowed (each block's energy over the posterior samples' spread there),
   and the library default with it;
 * ``whole-image KL`` — ``kl_nats`` over the full schedule (one block, no window): the theory's
@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from klip_experiment import _fmnist_sets  # noqa: E402  (the star tuning split of the KLIP experiments)
 
 from priorshift import load_prior  # noqa: E402
-from priorshift.bench.klip_eval import Setting, Trace, evaluate, load_or_score, tune, tune_joint  # noqa: E402
+from priorshift.bench.klip_eval import STEP_WEIGHTINGS, Setting, Trace, evaluate, load_or_score, tune, tune_joint  # noqa: E402
 from priorshift.data import load_dataset  # noqa: E402
 from priorshift.detectors import KLIP, MeasurementNorm  # noqa: E402
 from priorshift.io import atomic_write  # noqa: E402
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         tuned, tune_res = tune(traces["tune_id"], traces["tune_star"], None, None, blocks=BLOCKS, objective="dataset")
         tuned_sur, tune_sur = tune(traces["tune_id"], traces["tune_surrogate"], None, None, blocks=BLOCKS, objective="dataset")
         tuned_joint, tune_joint_res = tune_joint([(traces["class_seen"], traces["class_unseen"]), (traces["tune_id"], traces["tune_star"]),
-                                                  (traces["tune_id"], traces["tune_surrogate"])], blocks=BLOCKS, weightings=("g", "none", 1.0, -0.5))
+                                                  (traces["tune_id"], traces["tune_surrogate"])], blocks=BLOCKS, weightings=STEP_WEIGHTINGS)
         both = ("energy", "spread")
         tuned_s, tune_s = tune(traces["tune_id"], traces["tune_star"], None, None, blocks=BLOCKS, objective="dataset", scores=both)
         tuned_sur_s, tune_sur_s = tune(traces["tune_id"], traces["tune_surrogate"], None, None, blocks=BLOCKS, objective="dataset", scores=both)

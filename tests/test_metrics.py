@@ -205,3 +205,14 @@ def test_auroc_standard_error_null_closed_form_and_simulation():
     assert abs(np.std(aucs) / se - 1) < 0.1, (np.std(aucs), se)
     with pytest.raises(ValueError, match="auc must be in"):
         auroc_standard_error(1.2, 4, 4)
+
+
+def test_paired_rate_is_the_fraction_raised_with_its_binomial_error():
+    from priorshift.metrics import paired_rate
+
+    without, with_shift = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.5, 1.0, 3.5, 4.0])  # raised in 2 of 4 (a tie is not)
+    rate, se = paired_rate(without, with_shift)
+    assert rate == 0.5 and se == pytest.approx(np.sqrt(0.25 / 4))
+    assert paired_rate(without, without + 1) == (1.0, pytest.approx(np.sqrt(1e-12 / 4)))
+    with pytest.raises(ValueError, match="one score per pair"):
+        paired_rate(without, with_shift[:3])

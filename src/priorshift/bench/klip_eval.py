@@ -14,7 +14,7 @@ import itertools
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,12 @@ from priorshift.detectors.klip import KLIP, aggregate_step_maps, image_score, sp
 from priorshift.io import atomic_write, atomic_write_json
 from priorshift.metrics import block_auroc, ood_metrics
 
-__all__ = ["Trace", "score_set", "load_or_score", "Setting", "evaluate", "tune", "tune_joint", "ablation_settings", "VARIANT_NAMES"]
+__all__ = ["Trace", "score_set", "load_or_score", "Setting", "evaluate", "tune", "tune_joint", "ablation_settings", "VARIANT_NAMES",
+           "STEP_WEIGHTINGS"]
+
+# The per-step weightings a search may try (``weightings=``): KLIP's "g" (‖Δx_k‖² / (σ_k + σ_k+1)), none, and the
+# σ-power normalizations p = 1 (‖Δx_k‖² / σ_k²) and p = −0.5 (‖Δx_k‖² · σ_k).
+STEP_WEIGHTINGS = ("g", "none", 1.0, -0.5)
 
 VARIANT_NAMES = {
     "whole_image": "whole-image KL (no window, one block)",
@@ -49,6 +54,8 @@ class Trace:
     reconstruction: Tensor
     sigmas: Tensor
     spread_maps: Tensor | None = None  # (N, T, h, w) per-step posterior spread per block (S ≥ 2; newer traces only)
+    # step maps reweighted to another normalization, memoized by Setting (tuning evaluates thousands of settings)
+    _reweighted: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -141,11 +148,14 @@ class Setting:
             return trace.step_maps
         if self.normalization not in ("sigma_power", "none"):
             raise ValueError(f"normalization {self.normalization!r} cannot be rebuilt from a trace; use g, sigma_power or none")
-        sig = trace.sigmas.to(torch.float64)
-        T = trace.step_maps.shape[1]
-        g2 = sig[:T] + sig[1:T + 1]
-        n2 = sig[:T] ** (2 * self.sigma_power) if self.normalization == "sigma_power" else torch.ones_like(g2)
-        return trace.step_maps.to(torch.float64) * (g2 / n2).reshape(1, T, 1, 1)
+        key = (self.normalization, self.sigma_power if self.normalization == "sigma_power" else None)
+        if key not in trace._reweighted:
+            sig = trace.sigmas.to(torch.float64)
+            T = trace.step_maps.shape[1]
+            g2 = sig[:T] + sig[1:T + 1]
+            n2 = sig[:T] ** (2 * self.sigma_power) if self.normalization == "sigma_power" else torch.ones_like(g2)
+            trace._reweighted[key] = trace.step_maps.to(torch.float64) * (g2 / n2).reshape(1, T, 1, 1)
+        return trace._reweighted[key]
 
     def maps(self, trace: Trace) -> Tensor:
         k0, k1 = self.steps(trace.n_steps)

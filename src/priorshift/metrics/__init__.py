@@ -14,6 +14,7 @@ from .ood import (
     fpr_at_95_tpr_ood,
     fpr_at_tpr,
     ood_metrics,
+    paired_rate,
     roc_curve,
 )
 

@@ -61,6 +61,7 @@ __all__ = [
     "ood_metrics",
     "roc_curve",
     "auroc_standard_error",
+    "paired_rate",
 ]
 
 
@@ -228,6 +229,17 @@ def auroc_standard_error(auc: float, n_id: int, n_ood: int) -> float:
     q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
     var = (auc * (1 - auc) + (n_ood - 1) * (q1 - auc**2) + (n_id - 1) * (q2 - auc**2)) / (n_id * n_ood)
     return math.sqrt(max(var, 0.0))
+
+
+def paired_rate(scores_without, scores_with) -> tuple[float, float]:
+    """The paired statistic: the fraction of pairs ``i`` (the same image without and with the shift: same anatomy,
+    noise draw and seeds) where the shift raises the score, ``scores_with[i] > scores_without[i]``, and its binomial
+    standard error ``sqrt(p(1−p)/n)``. Far less noisy than the AUROC at small n, since the anatomy is held fixed."""
+    a, b = _as_scores(scores_without, "scores_without"), _as_scores(scores_with, "scores_with")
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores need one score per pair in each, got {a.size} and {b.size}")
+    rate = float(np.mean(b > a))
+    return rate, math.sqrt(max(rate * (1 - rate), 1e-12) / a.size)
 
 
 def roc_curve(scores_id, scores_ood, *, drop_intermediate: bool = False):
