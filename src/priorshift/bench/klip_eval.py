@@ -23,11 +23,12 @@ from torch import Tensor
 
 from priorshift.detectors.base import score_batches
 from priorshift.detectors.klip import KLIP, aggregate_step_maps, image_score, spread_normalized, window_steps
+from priorshift.detectors.klip_multiscale import window_features
 from priorshift.io import atomic_write, atomic_write_json
 from priorshift.metrics import block_auroc, ood_metrics
 
 __all__ = ["Trace", "score_set", "load_or_score", "Setting", "evaluate", "tune", "tune_joint", "ablation_settings", "VARIANT_NAMES",
-           "STEP_WEIGHTINGS"]
+           "STEP_WEIGHTINGS", "multiscale_scores"]
 
 # The per-step weightings a search may try (``weightings=``): KLIP's "g" (‖Δx_k‖² / (σ_k + σ_k+1)), none, and the
 # σ-power normalizations p = 1 (‖Δx_k‖² / σ_k²) and p = −0.5 (‖Δx_k‖² · σ_k).
@@ -283,4 +284,29 @@ def ablation_settings(trace_id: Trace, trace_ood: Trace, masks, body_masks, *, b
     out = {"whole_image": Setting((0.0, 1.0), None if objective == "dataset" else min(blocks), "whole_image")}
     for variant in ("spatial_only", "temporal_only", "klip"):
         out[variant], _ = tune(trace_id, trace_ood, masks, body_masks, blocks=blocks, objective=objective, grid=grid, variant=variant)
+    return out
+
+
+
+def _multiscale_features(t: Trace, ref: Trace, windows, block: int) -> tuple[Tensor, Tensor]:
+    if block % ref.base_block:
+        raise ValueError(f"block {block} is not a multiple of the traces' base block {ref.base_block}")
+    if t.base_block != ref.base_block or t.n_steps != ref.n_steps:
+        raise ValueError("every trace must share the calibration trace's base block and step count")
+    return window_features(t.step_maps, windows, t.n_steps, pool=block // ref.base_block)
+
+
+def multiscale_scores(trace_fit: Trace, traces: dict[str, Trace], *, windows, block: int, min_std: float = 1e-3,
+                      maps: bool = False) -> dict[str, Tensor] | dict[str, tuple[Tensor, Tensor]]:
+    """:class:`~priorshift.detectors.KLIPMultiscale`'s image scores from traces: the per-window log energies
+    (:func:`~priorshift.detectors.klip_multiscale.window_features`, ``block`` a multiple of the traces' base block)
+    standardised by their mean and standard deviation over ``trace_fit`` (in-distribution calibration), summed over
+    windows. With ``maps=True`` each value is ``(score (N,), map (N, H/block, W/block))``, the detector's map."""
+    f = _multiscale_features(trace_fit, trace_fit, windows, block)[1]
+    mean, std = f.mean(0), f.std(0, unbiased=True).clamp_min(min_std)
+    out = {}
+    for name, t in traces.items():
+        log_maps, g = _multiscale_features(t, trace_fit, windows, block)
+        score = ((g - mean) / std).sum(1)
+        out[name] = (score, ((log_maps - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)).sum(1)) if maps else score
     return out

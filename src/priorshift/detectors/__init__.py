@@ -12,6 +12,7 @@ from priorshift.detectors.baselines import DenoisingError, MeasurementNorm, Resi
 from priorshift.detectors.reconstruct import FromMeasurements
 from priorshift.detectors.eigenscore import EigenScore, EigenScoreTrace
 from priorshift.detectors.klip import KLIP, KLIPAccumulator, aggregate_step_maps
+from priorshift.detectors.klip_multiscale import KLIPMultiscale
 from priorshift.detectors.lmd import LMD
 from priorshift.detectors.measurement_kl import KLEstimate, MeasurementKL, MeasurementKLScore
 
@@ -31,6 +32,7 @@ __all__ = [
     "KLIP",
     "KLIPAccumulator",
     "aggregate_step_maps",
+    "KLIPMultiscale",
     "LMD",
     "MeasurementKL",
     "MeasurementKLScore",

@@ -1,0 +1,116 @@
+"""Multiscale KLIP: its per-window features are KLIP's own scores, its score is their ID z-sum, and the bench's
+trace-based version agrees with the detector (the contract is in test_detectors.py)."""
+
+import pytest
+import torch
+
+from priorshift.bench.klip_eval import multiscale_scores, score_set
+from priorshift.detectors import KLIP, KLIPMultiscale, NotFittedError
+from priorshift.detectors.klip_multiscale import equal_windows, window_features
+
+
+def _data(det, n, seed):
+    x = det.prior.sample(n, torch.Generator().manual_seed(seed))
+    return det.operator(x, seed=list(range(seed, seed + n)))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    det = KLIPMultiscale.example()
+    det.fit(_data(det, 16, 100), seed=list(range(500, 516)))
+    return det
+
+
+def test_equal_windows_cover_the_schedule():
+    assert equal_windows(4) == ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
+    with pytest.raises(ValueError, match="integer >= 1"):
+        equal_windows(0)
+
+
+def test_features_are_klips_scores_in_each_window(fitted):
+    """exp(f_w) is exactly what KLIP with that window reports as its image score (same seeds, same trajectory)."""
+    y = _data(fitted, 3, 7)
+    s = fitted.score(y, seed=[1, 2, 3])
+    k = fitted._klip
+    for j, w in enumerate(fitted.windows):
+        ref = KLIP(fitted.prior, fitted.operator, plan=k.plan, block=k.block, samples=k.samples, window=w).score(y, seed=[1, 2, 3]).score
+        torch.testing.assert_close(s.extras["features"][:, j].exp(), ref.to(s.extras["features"]), rtol=1e-5, atol=0)
+
+
+def test_score_is_the_sum_of_id_z_scores(fitted):
+    y = _data(fitted, 3, 8)
+    s = fitted.score(y, seed=[4, 5, 6])
+    z = (s.extras["features"] - fitted.mean_) / fitted.std_
+    torch.testing.assert_close(s.extras["z"], z)
+    torch.testing.assert_close(s.score, z.sum(1))
+    assert s.map.shape == (3, 2, 2) and s.nfe > 0
+
+
+def test_held_out_in_distribution_data_sit_near_zero():
+    """The calibration standardises: on other ID measurements each window's mean z is near 0 and its spread near 1,
+    while measurements scaled ×5 (far outside the prior) score far above."""
+    det = KLIPMultiscale.example()
+    det.fit(_data(det, 40, 200), seed=list(range(40)))
+    y = _data(det, 40, 300)
+    z = det.score(y, seed=list(range(100, 140))).extras["z"]
+    assert z.mean(0).abs().max() < 0.5, z.mean(0)
+    assert ((z.std(0) > 0.6) & (z.std(0) < 1.6)).all(), z.std(0)
+    high = det.score(5.0 * y[:8], seed=list(range(8))).score
+    assert high.min() > z.sum(1).max()
+
+
+def test_bench_trace_scores_match_the_detector(fitted):
+    """bench.klip_eval.multiscale_scores on traces (full schedule, per-step maps) = fit + score of the detector."""
+    y_fit, y = _data(fitted, 16, 100), _data(fitted, 4, 9)
+    k = fitted._klip
+    kw = dict(plan=k.plan, samples=k.samples, base_block=2)
+    t_fit = score_set(fitted.prior, fitted.operator, y_fit, seed=list(range(500, 516)), **kw)
+    t = score_set(fitted.prior, fitted.operator, y, seed=[11, 12, 13, 14], **kw)
+    got = multiscale_scores(t_fit, {"y": t}, windows=fitted.windows, block=fitted.block)["y"]
+    ref = fitted.score(y, seed=[11, 12, 13, 14])
+    torch.testing.assert_close(got, ref.score.to(got), rtol=1e-4, atol=1e-4)
+    score, block_map = multiscale_scores(t_fit, {"y": t}, windows=fitted.windows, block=fitted.block, maps=True)["y"]
+    torch.testing.assert_close(score, got)
+    torch.testing.assert_close(block_map, ref.map.to(block_map), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="multiple"):
+        multiscale_scores(t_fit, {"y": t}, windows=fitted.windows, block=3)
+
+
+def test_sampling_stops_at_the_last_window():
+    base = KLIPMultiscale.example()
+    k = base._klip
+    det = KLIPMultiscale(base.prior, base.operator, windows=[(0.0, 0.25), (0.25, 0.5)], plan=k.plan, block=k.block, samples=k.samples)
+    y = _data(det, 2, 3)
+    det.fit(_data(det, 4, 30))
+    ref = KLIP(base.prior, base.operator, plan=k.plan, block=k.block, samples=k.samples, window=(0.0, 0.5)).score(y, seed=[0, 1])
+    assert det.score(y, seed=[0, 1]).nfe == ref.nfe < base.fit(_data(base, 4, 30)).score(y, seed=[0, 1]).nfe
+
+
+def test_window_features_shapes():
+    maps = torch.rand(2, 10, 4, 4)
+    log_maps, f = window_features(maps, equal_windows(2), 10, pool=2)
+    assert log_maps.shape == (2, 2, 2, 2) and f.shape == (2, 2)
+    torch.testing.assert_close(f[:, 0], maps[:, :5].double().mean(1).reshape(2, 2, 2, 2, 2).sum((2, 4)).flatten(1).max(1).values.log())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"windows": 0}, "integer >= 1"),
+    ({"windows": []}, "empty"),
+    ({"windows": [(0.5, 0.4)]}, "0 <= a < b <= 1"),
+    ({"windows": ["ab"]}, "sequence of"),
+    ({"min_std": 0.0}, "min_std"),
+    ({"block": 0}, "block"),
+])
+def test_bad_arguments_fail_clearly(kwargs, match):
+    base = KLIPMultiscale.example()
+    with pytest.raises(ValueError, match=match):
+        KLIPMultiscale(base.prior, base.operator, plan=base.plan, **kwargs)
+
+
+def test_score_before_fit_and_config():
+    det = KLIPMultiscale.example()
+    with pytest.raises(NotFittedError, match="fit"):
+        det.score(_data(det, 2, 1))
+    cfg = det.config()
+    assert cfg["detector"] == "klip-multiscale" and len(cfg["windows"]) == 3 and cfg["block"] == 4 and "window" not in cfg
+    assert "windows=3" in repr(det)
