@@ -145,7 +145,7 @@ def test_bundled_priors_load(name, size):
 def test_demo_quick(tmp_path):
     r = run("demo", "--quick", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert "KLIP" in r.stdout and "whole-image KL" in r.stdout
+    assert "KLIP" in r.stdout and "KLIP multiscale" in r.stdout and "whole-image KL" in r.stdout
     assert (tmp_path / "heatmaps.png").stat().st_size > 10_000 and (tmp_path / "results.md").exists()
 
 
@@ -234,7 +234,9 @@ def _read_toml(path):
     ["--detector", "measurement-norm", "--operator", "inpaint:p=0.5", "--fit", "{imgs}"],
     ["--detector", "klip", "--operator", "blur:kernel=5,sigma=1,noise=0.05", "--plan", "steps=3", "--param", "samples=1", "--param", "block=8",
      "--param", "window=0,1", "--batch-size", "4"],
-], ids=["measurement-norm", "klip"])
+    ["--detector", "klip-multiscale", "--operator", "inpaint:p=0.5", "--fit", "{imgs}", "--plan", "steps=3", "--param", "samples=1",
+     "--param", "windows=3"],
+], ids=["measurement-norm", "klip", "klip-multiscale"])
 def test_score_config_toml_reproduces_the_run(six, tmp_path, extra):
     run_dir, base = six
     extra = [e.replace("{imgs}", str(run_dir / "imgs.npy")) for e in extra]
