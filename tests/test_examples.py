@@ -85,7 +85,7 @@ def test_klip_ct_sweep_runs_tiny(tmp_path):
     r = _run("benchmarks/klip_ct_sweep.py", "--out", str(out), "--n", "3", "--steps", "10", "--noise", "0.5", "--threads", "1", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     text = (out / "results.md").read_text()
-    for row in ("| whole-image KL |", "| ‖y‖² |", "KLIP, blob-tuned (tuning AUROC", "KLIP, star-tuned with steps weighted σ^-2"):
+    for row in ("| whole-image KL |", "| ‖y‖² |", "KLIP, blob-tuned (tuning AUROC", "KLIP, star-tuned with steps weighted σ^-2", "| KLIP multiscale ("):
         assert row in text, row
     assert (out / "results.png").stat().st_size > 0 and len(list((out / "traces").glob("*.safetensors"))) == 5
     r = _run("benchmarks/klip_ct_sweep.py", "--out", str(out), "--n", "3", "--steps", "10", "--noise", "0.5", "--radius", "1,2", "--threads", "1", timeout=600)
@@ -93,7 +93,7 @@ def test_klip_ct_sweep_runs_tiny(tmp_path):
     assert "radius 1-2 px" in (out / "results-radius1-2.md").read_text() and len(list((out / "traces").glob("*.safetensors"))) == 6, "only the lesions re-sampled"
 
 
-def test_klip_detects_runs_tiny(tmp_path):
+def test_klip_detects_and_multiscale_run_tiny(tmp_path):
     from priorshift.data.datasets import FASHION_MNIST_DIR
 
     if not FASHION_MNIST_DIR.joinpath("t10k-images-idx3-ubyte.gz").is_file():
@@ -105,3 +105,12 @@ def test_klip_detects_runs_tiny(tmp_path):
     text = (out / "results.md").read_text()
     for row in ("KLIP, held-out-class-tuned", "KLIP, jointly tuned", "| ‖y‖² (raw) |", "--n-eval 3 --n-class-tune 4 --steps 10"):
         assert row in text, row
+    # the multiscale confirmation run, reading the exploration run's held-out-class window and sibling traces
+    ms = tmp_path / "multiscale"
+    r = _run("benchmarks/klip_multiscale.py", "--out", str(ms), "--domains", "inpaint50", "--n-eval", "3", "--n-calib", "3", "--n-shift", "2",
+             "--steps", "10", "--threads", "1", "--explore", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = (ms / "results.md").read_text()
+    for row in ("| KLIP multiscale |", "KLIP, held-out-class-tuned", "KLIP, mid window", "| ‖y‖² (raw) |", "No-MNIST check", "Sensitivity"):
+        assert row in text, row
+    assert len(list((ms / "traces").glob("*.safetensors"))) == 6
