@@ -19,7 +19,9 @@ the last again with ``score="spread"`` (each block's energy over the posterior s
 weighting), window, block, score and spread floor (and the per-step weighting, dataset level) tuned on a
 **focal-blob tuning split** (:func:`priorshift.data.blob_set`: one small smooth blob per image anywhere in the
 body, |contrast| 0.1-0.4 of either sign, radius 1.5-5 px — a generic synthetic-anomaly family, other anatomies,
-never lesions), the whole-image KL (``kl_nats`` over the full schedule) and the trivial ``‖y‖²``. With the same
+never lesions), multiscale KLIP (:class:`priorshift.detectors.KLIPMultiscale`'s recipe: five equal windows, 8-px
+blocks, z-scored on the healthy tuning anatomies — ID data only), the whole-image KL (``kl_nats`` over the full
+schedule) and the trivial ``‖y‖²``. With the same
 noise draw in both images of a pair, ``‖y‖²`` differs deterministically by ``‖A·lesion‖² + 2⟨A·lesion, A x + e⟩``,
 so its paired statistic measures the sign of that difference, not detection; its AUROC is the honest number.
 Every tuned row names its tuning AUROC; ``results.png`` plots the paired statistic and the AUROC against the signal.
@@ -44,9 +46,10 @@ from pathlib import Path
 import torch
 
 from priorshift import load_prior
-from priorshift.bench.klip_eval import STEP_WEIGHTINGS, Setting, Trace, load_or_score, tune
+from priorshift.bench.klip_eval import STEP_WEIGHTINGS, Setting, Trace, load_or_score, multiscale_scores, tune
 from priorshift.data import blob_set, healthy_set, lesion_set, star_set
 from priorshift.detectors import KLIP
+from priorshift.detectors.klip_multiscale import equal_windows
 from priorshift.io import atomic_write
 from priorshift.metrics import block_auroc, ood_metrics
 from priorshift.metrics.ood import auroc_standard_error, paired_rate
@@ -63,14 +66,15 @@ def _figure(rows: list[dict], path: Path, title: str) -> None:
     from priorshift.plotting import pyplot, save_figure
 
     plt = pyplot()
-    keep = ("whole-image KL", "‖y‖²", "KLIP, library default", "KLIP, full window, 8 px, spread-normalized", "KLIP, blob-tuned (")
+    keep = ("whole-image KL", "‖y‖²", "KLIP, library default", "KLIP, full window, 8 px, spread-normalized", "KLIP, blob-tuned (",
+            "KLIP multiscale (")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharex=True)
     for i, prefix in enumerate(keep):
         sel = sorted((r for r in rows if r["score"] == prefix or (prefix.endswith("(") and r["score"].startswith(prefix))), key=lambda r: r["signal"])
         if not sel:
             continue
         x = [r["signal"] for r in sel]
-        label = prefix.rstrip(" (") + (" (re-tuned per σ_y)" if prefix.endswith("(") else "")
+        label = prefix.rstrip(" (") + (" (re-tuned per σ_y)" if "tuned" in prefix else " (z-scored on healthy anatomies)" if "multiscale" in prefix else "")
         for ax, key in zip(axes, ("paired", "auroc")):
             if key == "paired" and prefix == "‖y‖²":
                 continue  # the sign of a deterministic difference, not a detection rate
@@ -170,16 +174,19 @@ def main(argv=None) -> int:
             here[f"KLIP, star-tuned with steps weighted {weighting} (tuning AUROC {res_w['auroc']:.3f}): {star_w.label()}"] = star_w
         scores = {label: (s.maps(traces["healthy"]).flatten(1).max(1).values, s.maps(traces["lesion"]).flatten(1).max(1).values, s)
                   for label, s in here.items()}
+        ms = multiscale_scores(traces["tune_id"], {"healthy": traces["healthy"], "lesion": traces["lesion"]}, windows=equal_windows(5), block=8, maps=True)
+        multiscale = "KLIP multiscale (5 windows, 8 px; z-scored on the healthy tuning anatomies)"
+        scores[multiscale] = (ms["healthy"][0], ms["lesion"][0], None)
         scores["whole-image KL"] = (traces["healthy"].kl_nats, traces["lesion"].kl_nats, None)
         scores["‖y‖²"] = (y_h.flatten(1).pow(2).sum(1), y_l.flatten(1).pow(2).sum(1), None)
         for label, (s_h, s_l, setting) in scores.items():
             m = ood_metrics(s_h, s_l)
             paired, paired_se = paired_rate(s_h, s_l)
             loc = {}
-            if setting is not None:
-                lmap = setting.maps(traces["lesion"])
+            if setting is not None or label == multiscale:
+                lmap, lblock = (ms["lesion"][1], 8) if setting is None else (setting.maps(traces["lesion"]), setting.block)
                 for rule in ("any", "all"):
-                    loc[rule] = block_auroc(lmap, lesion.masks, setting.block, body_mask=lesion.body_masks, body_rule=rule).mean
+                    loc[rule] = block_auroc(lmap, lesion.masks, lblock, body_mask=lesion.body_masks, body_rule=rule).mean
             rows.append({"noise": noise, "signal": signal, "score": label, "paired": paired, "paired_se": paired_se,
                          "auroc": m["auroc"], "auroc_se": auroc_standard_error(m["auroc"], args.n, args.n), "fpr95": m["fpr95_ood_positive"],
                          "block_auroc_any": loc.get("any"), "block_auroc_all": loc.get("all"), "nfe_per_image": traces["lesion"].nfe_per_image_full})
