@@ -85,7 +85,7 @@ def histogram_figure(groups: dict[str, np.ndarray], path: str | Path, title: str
 def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
     """ROC curves, one per method: ``{label: (scores_id, scores_ood)}`` (OOD positive)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
     for label, (s_id, s_ood) in curves.items():
         fpr, tpr, _ = roc_curve(s_id, s_ood)
         ax.plot(fpr, tpr, label=label)
