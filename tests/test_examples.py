@@ -111,6 +111,7 @@ def test_klip_detects_and_multiscale_run_tiny(tmp_path):
              "--steps", "10", "--threads", "1", "--explore", str(out), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     text = (ms / "results.md").read_text()
-    for row in ("| KLIP multiscale |", "KLIP, held-out-class-tuned", "KLIP, mid window", "| ‖y‖² (raw) |", "No-MNIST check", "Sensitivity"):
+    for row in ("| KLIP multiscale |", "KLIP, held-out-class-tuned", "KLIP, mid window", "| ‖y‖² (raw) |", "No-MNIST check", "Sensitivity",
+                "A local shift", "Design search"):
         assert row in text, row
     assert len(list((ms / "traces").glob("*.safetensors"))) == 6

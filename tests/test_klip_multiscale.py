@@ -114,3 +114,19 @@ def test_score_before_fit_and_config():
     cfg = det.config()
     assert cfg["detector"] == "klip-multiscale" and len(cfg["windows"]) == 3 and cfg["block"] == 4 and "window" not in cfg
     assert "windows=3" in repr(det)
+
+
+def test_pooled_trace_gives_the_same_maps_and_scores(fitted):
+    """Trace.pooled(block) re-bins a trace recorded at a finer base block: every map, spread map and multiscale score is unchanged."""
+    from priorshift.bench.klip_eval import Setting
+
+    k = fitted._klip
+    t = score_set(fitted.prior, fitted.operator, _data(fitted, 3, 4), seed=[1, 2, 3], plan=k.plan, samples=k.samples, base_block=2)
+    p = t.pooled(4)
+    assert p.base_block == 4 and p.step_maps.shape[-2:] == (2, 2)
+    for setting in (Setting((0.2, 0.8), 4), Setting((0.0, 1.0), 8, score="spread")):
+        torch.testing.assert_close(setting.maps(p), setting.maps(t), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(multiscale_scores(p, {"t": p}, windows=fitted.windows, block=4)["t"],
+                               multiscale_scores(t, {"t": t}, windows=fitted.windows, block=4)["t"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="multiple"):
+        t.pooled(3)

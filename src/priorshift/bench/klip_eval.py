@@ -75,6 +75,24 @@ class Trace:
         atomic_write_json(path.with_suffix(".json"), {"key": key, "layout": "images-first", "base_block": self.base_block, "n_steps": self.n_steps,
                                                       "nfe_per_image_full": self.nfe_per_image_full, "seconds": self.seconds})
 
+    def pooled(self, block: int) -> "Trace":
+        """The same trace with its per-step maps (and spread maps) summed to ``block``-px blocks (a multiple of the
+        base block), e.g. to combine traces recorded at different base blocks."""
+        if block % self.base_block:
+            raise ValueError(f"block {block} is not a multiple of the trace's base block {self.base_block}")
+        p = block // self.base_block
+
+        def pool(m):
+            if m is None:
+                return None
+            b, t, h, w = m.shape
+            if h % p or w % p:
+                raise ValueError(f"block {block} must divide the image: the maps are {h}×{w} blocks of {self.base_block} px")
+            return m.reshape(b, t, h // p, p, w // p, p).sum((3, 5))
+
+        return Trace(pool(self.step_maps), block, self.n_steps, self.nfe_per_image_full, self.seconds, self.kl_nats, self.reconstruction,
+                     self.sigmas, pool(self.spread_maps))
+
     @classmethod
     def load(cls, path: str | Path, key: str | None = None, base_block: int | None = None) -> "Trace | None":
         """The trace at ``path``, or ``None`` when it is missing or was made by a different run (``key``).
