@@ -99,6 +99,7 @@ def test_window_features_shapes():
     ({"windows": [(0.5, 0.4)]}, "0 <= a < b <= 1"),
     ({"windows": ["ab"]}, "sequence of"),
     ({"min_std": 0.0}, "min_std"),
+    ({"fit_batch_size": 0}, "fit_batch_size"),
     ({"block": 0}, "block"),
 ])
 def test_bad_arguments_fail_clearly(kwargs, match):
@@ -130,3 +131,13 @@ def test_pooled_trace_gives_the_same_maps_and_scores(fitted):
                                multiscale_scores(t, {"t": t}, windows=fitted.windows, block=4)["t"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="multiple"):
         t.pooled(3)
+
+
+def test_fit_does_not_depend_on_its_batch_size():
+    base = KLIPMultiscale.example()
+    k = base._klip
+    y = _data(base, 10, 40)
+    fits = [KLIPMultiscale(base.prior, base.operator, windows=3, plan=k.plan, block=k.block, samples=k.samples, fit_batch_size=b).fit(y, seed=7)
+            for b in (3, 32)]
+    torch.testing.assert_close(fits[0].mean_, fits[1].mean_, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fits[0].std_, fits[1].std_, rtol=1e-4, atol=1e-6)

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from priorshift.detectors.base import Detector
+from priorshift.detectors.base import Detector, score_batches
 from priorshift.detectors.klip import KLIP, aggregate_step_maps, image_score, window_steps
 from priorshift.registry import register
 from priorshift.samplers.plan import SamplingPlan
@@ -80,6 +80,7 @@ class KLIPMultiscale(Detector):
             ``(a, b)`` windows as KLIP's ``window`` (fractions of the steps from the noisy end).
         min_std: floor on each window's fitted standard deviation ``s_w``, in log energy (a window where the
             calibration images agree exactly would otherwise divide by ~0).
+        fit_batch_size: calibration images per sampler call in ``fit`` (the result does not depend on it).
         progress: a progress bar over the sampling steps.
 
     ``fit`` needs in-distribution measurements from the same operator (at least 2; a few dozen for stable
@@ -104,6 +105,7 @@ class KLIPMultiscale(Detector):
         reduction: str = "mean_of_squares",
         stage: str | None = None,
         min_std: float = 1e-3,
+        fit_batch_size: int = 32,
         progress: bool = False,
     ):
         # One KLIP run over the whole span of the windows, every step's map kept: it validates the shared arguments.
@@ -125,6 +127,9 @@ class KLIPMultiscale(Detector):
         if not (math.isfinite(float(min_std)) and min_std > 0):
             raise ValueError(f"min_std must be a finite number > 0, got {min_std!r}")
         self.min_std = float(min_std)
+        if int(fit_batch_size) != fit_batch_size or fit_batch_size < 1:
+            raise ValueError(f"fit_batch_size must be an integer >= 1, got {fit_batch_size!r}")
+        self.fit_batch_size = int(fit_batch_size)
         if self.last_step < self.n_steps:  # sampling stops at the latest window's end
             self._klip = self._klip_until(self.last_step)
         self.block = self._klip.block
@@ -142,8 +147,8 @@ class KLIPMultiscale(Detector):
         """Sampling stops here: the end of the latest window."""
         return max(window_steps(w, self.n_steps)[1] for w in self.windows)
 
-    def _features(self, y: Tensor, seed, hooks) -> tuple[Tensor, Tensor, Scores]:
-        s = self._klip.score(y, seed=seed, hooks=hooks)
+    def _features(self, y: Tensor, seed, hooks, batch_size: int | None = None) -> tuple[Tensor, Tensor, Scores]:
+        s = self._klip.score(y, seed=seed, hooks=hooks) if batch_size is None else score_batches(self._klip, y, batch_size=batch_size, seed=seed, hooks=hooks)
         log_maps, features = window_features(s.extras["step_maps"], self.windows, self.n_steps)
         return log_maps, features, s
 
@@ -155,7 +160,7 @@ class KLIPMultiscale(Detector):
                     progress=k.progress)
 
     def _fit(self, y: Tensor, *, seed) -> None:
-        _, f, _ = self._features(y, seed, ())
+        _, f, _ = self._features(y, seed, (), batch_size=self.fit_batch_size)
         self.mean_ = f.mean(0)
         self.std_ = f.std(0, unbiased=True).clamp_min(self.min_std)
         self.n_fit_ = int(y.shape[0])
@@ -175,7 +180,8 @@ class KLIPMultiscale(Detector):
         k = self._klip.config()
         for key in ("detector", "window", "window_sigma", "variant", "score", "spread_floor"):
             k.pop(key, None)
-        return {"detector": "klip-multiscale", "windows": [list(w) for w in self.windows], "min_std": self.min_std, **k}
+        return {"detector": "klip-multiscale", "windows": [list(w) for w in self.windows], "min_std": self.min_std,
+                "fit_batch_size": self.fit_batch_size, **k}
 
     def __repr__(self) -> str:
         return f"KLIPMultiscale(windows={len(self.windows)}, sampler={self.plan.sampler!r}, steps={self.plan.steps}, block={self.block}, samples={self.samples})"
