@@ -222,7 +222,7 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
     print("  block AUROC: does the map find the lesion? Per lesion image, over the blocks inside the body (0.5 = chance).")
     print(f"  ‖y‖² and the residual: trivial baselines (standardised on {n} other ID images); where one beats KLIP, KLIP is not yet useful there.")
     print(f"  ± SE: Hanley–McNeil standard error ({se:.2f} at AUROC 0.5 with {n} + {n} images). Larger runs: benchmarks/results/klip-detects "
-          "(Fashion-MNIST vs MNIST) and benchmarks/results/klip-ct-sweep (lesions across σ_y).")
+          "(Fashion-MNIST vs MNIST), klip-multiscale (multiscale KLIP on a confirmation split) and klip-ct-sweep (lesions across σ_y).")
 
     k = min(3, n)
     idx = list(range(k))
