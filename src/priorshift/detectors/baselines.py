@@ -34,7 +34,7 @@ drawn per image from its seed):
   ``σ_k``, z-scored per level on ID images and summed. DDPM-OOD reconstructs with a multi-step PLMS
   sampler from each starting level; here one denoiser call per level (the Tweedie reconstruction), which
   is what the closed form below describes.
-* ``score-norm`` (:class:`ScoreNorm`, after MSMA, Mahmood, Luo & Wang, "Multiscale score matching for
+* ``score-norm`` (:class:`ScoreNorm`, after MSMA, Mahmood, Oliva & Styner, "Multiscale score matching for
   out-of-distribution detection", ICLR 2021): the vector of score norms ``n_k = ‖s(x + σ_k z, σ_k)‖``,
   ``s = (D − x̃)/σ²``, with a Gaussian density (Ledoit–Wolf-shrunk covariance) fitted on ID vectors; the
   score is the squared Mahalanobis distance.
@@ -460,7 +460,7 @@ def ledoit_wolf(x: Tensor) -> tuple[Tensor, float]:
 
 @register("detector", "score-norm")
 class ScoreNorm(_MultiLevel):
-    """MSMA-style multiscale score norms (Mahmood, Luo & Wang, ICLR 2021) with a Gaussian density on them.
+    """MSMA-style multiscale score norms (Mahmood, Oliva & Styner, ICLR 2021) with a Gaussian density on them.
 
     For each level ``σ_k``: ``n_k(x) = mean_r ‖s(x̃_{k,r}, σ_k)‖``, ``s(x̃, σ) = (D(x̃, σ) − x̃) / σ²``, at
     ``x̃ = x + σ_k z_{k,r}`` (``perturb=True``, default) or at the clean ``x`` (``perturb=False``: MSMA's own

@@ -4,9 +4,9 @@ in-distribution data, summed.
 KLIP (:mod:`priorshift.detectors.klip`) scores one window ``[t0, t1]`` of the reverse process. Which window
 carries a shift depends on the shift's scale — a fine-texture change shows late (small σ), a change of object
 class in the middle, a gross one everywhere — and a window chosen on one tuning shift transfers poorly to another
-(``benchmarks/results/klip-detects*``). As in multiscale score matching (Mahmood, Luo & Lindsay, ICLR 2021,
-"Multiscale score analysis for out-of-distribution detection"), this detector keeps every scale and lets
-in-distribution data alone say what is typical at each.
+(``benchmarks/results/klip-detects*``). As in multiscale score matching (Mahmood, Oliva & Styner, "Multiscale Score Matching for
+Out-of-Distribution Detection", ICLR 2021: score norms at several noise levels, an auxiliary density fitted on ID
+data), this detector keeps every scale and lets in-distribution data alone say what is typical at each.
 
 With the schedule's steps cut into ``W`` consecutive windows ``w``, and ``map_w`` KLIP's block map over window
 ``w`` (mean over its steps of the per-block likelihood energy, :func:`~priorshift.detectors.klip.aggregate_step_maps`):
