@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
 
 import torch
+
+from priorshift.io import atomic_write
 
 
 def best_time(fn, repeats: int) -> float:
@@ -31,3 +34,12 @@ def emit(lines: list[str], out: str | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
+
+
+def write_results(out: Path, name: str, lines: list[str], data) -> str:
+    """Write ``out/name.md`` (the table) and ``out/name.json`` (``data``) atomically, print the table, return it."""
+    text = "\n".join(lines) + "\n"
+    atomic_write(out / f"{name}.md", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1, default=float)))
+    print(text)
+    return text

@@ -45,12 +45,14 @@ from pathlib import Path
 
 import torch
 
+from _common import write_results
+
 from priorshift import load_prior
 from priorshift.bench.klip_eval import STEP_WEIGHTINGS, Setting, Trace, load_or_score, multiscale_scores, tune
 from priorshift.data import blob_set, healthy_set, lesion_set, star_set
 from priorshift.detectors import KLIP
+from priorshift.detectors.klip import image_score
 from priorshift.detectors.klip_multiscale import equal_windows
-from priorshift.io import atomic_write
 from priorshift.metrics import block_auroc, ood_metrics
 from priorshift.metrics.ood import auroc_standard_error, paired_rate
 from priorshift.tasks import get_task
@@ -172,19 +174,21 @@ def main(argv=None) -> int:
                                  weightings=(w,), grid=0.1)
             weighting = w if isinstance(w, str) else f"σ^{-2 * w:g}"
             here[f"KLIP, star-tuned with steps weighted {weighting} (tuning AUROC {res_w['auroc']:.3f}): {star_w.label()}"] = star_w
-        scores = {label: (s.maps(traces["healthy"]).flatten(1).max(1).values, s.maps(traces["lesion"]).flatten(1).max(1).values, s)
-                  for label, s in here.items()}
+        # label → (healthy scores, lesion scores, (lesion maps, block) or None)
+        scores = {}
+        for label, setting in here.items():
+            lesion_maps = setting.maps(traces["lesion"])
+            scores[label] = (image_score(setting.maps(traces["healthy"])), image_score(lesion_maps), (lesion_maps, setting.block))
         ms = multiscale_scores(traces["tune_id"], {"healthy": traces["healthy"], "lesion": traces["lesion"]}, windows=equal_windows(5), block=8, maps=True)
-        multiscale = "KLIP multiscale (5 windows, 8 px; z-scored on the healthy tuning anatomies)"
-        scores[multiscale] = (ms["healthy"][0], ms["lesion"][0], None)
+        scores["KLIP multiscale (5 windows, 8 px; z-scored on the healthy tuning anatomies)"] = (ms["healthy"][0], ms["lesion"][0], (ms["lesion"][1], 8))
         scores["whole-image KL"] = (traces["healthy"].kl_nats, traces["lesion"].kl_nats, None)
         scores["‖y‖²"] = (y_h.flatten(1).pow(2).sum(1), y_l.flatten(1).pow(2).sum(1), None)
-        for label, (s_h, s_l, setting) in scores.items():
+        for label, (s_h, s_l, lesion_maps) in scores.items():
             m = ood_metrics(s_h, s_l)
             paired, paired_se = paired_rate(s_h, s_l)
             loc = {}
-            if setting is not None or label == multiscale:
-                lmap, lblock = (ms["lesion"][1], 8) if setting is None else (setting.maps(traces["lesion"]), setting.block)
+            if lesion_maps is not None:
+                lmap, lblock = lesion_maps
                 for rule in ("any", "all"):
                     loc[rule] = block_auroc(lmap, lesion.masks, lblock, body_mask=lesion.body_masks, body_rule=rule).mean
             rows.append({"noise": noise, "signal": signal, "score": label, "paired": paired, "paired_se": paired_se,
@@ -205,12 +209,9 @@ def main(argv=None) -> int:
               f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; {time.perf_counter() - t_all:.0f} s "
               "(cached traces are not re-sampled).", "", f"Command: `python benchmarks/klip_ct_sweep.py --out {args.out} --n {args.n} --noise {args.noise} --contrast {args.contrast:g}"
               + (f" --radius {args.radius}" if args.radius else "") + "`"]
-    text = "\n".join(lines) + "\n"
     name = "results" if radius is None else f"results-radius{args.radius.replace(',', '-')}"  # the other sets' traces are shared
-    atomic_write(out / f"{name}.md", lambda tmp: Path(tmp).write_text(text))
-    atomic_write(out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
     _figure(rows, out / f"{name}.png", f"CT lesions, contrast {args.contrast:+.2f}{radius_text}, {args.n} pairs")
-    print(text)
+    write_results(out, name, lines, rows)
     return 0
 
 

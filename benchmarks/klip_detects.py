@@ -52,7 +52,7 @@ from priorshift import load_prior  # noqa: E402
 from priorshift.bench.klip_eval import STEP_WEIGHTINGS, Setting, Trace, evaluate, load_or_score, tune, tune_joint  # noqa: E402
 from priorshift.data import load_dataset  # noqa: E402
 from priorshift.detectors import KLIP, MeasurementNorm  # noqa: E402
-from priorshift.io import atomic_write  # noqa: E402
+from _common import write_results  # noqa: E402
 from priorshift.metrics import ood_metrics  # noqa: E402
 from priorshift.metrics.ood import auroc_standard_error  # noqa: E402
 from priorshift.operators.spec import operator_from_spec  # noqa: E402
@@ -213,10 +213,7 @@ def main(argv=None) -> int:
               f"Command: `python benchmarks/klip_detects.py --out {args.out}" + (f" --domains {args.domains}" if args.domains != ",".join(DOMAINS) else "")
               + (f" --n-eval {args.n_eval}" if args.n_eval != 48 else "") + (f" --n-class-tune {n_cls}" if n_cls != args.n_tune else "")
               + (f" --samples {args.samples}" if args.samples != 2 else "") + (f" --steps {args.steps}" if args.steps != 50 else "") + "`"]
-    text = "\n".join(lines) + "\n"
-    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text))
-    atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1, default=float)))
-    print(text)
+    write_results(out, "results", lines, summary)
     return 0
 
 

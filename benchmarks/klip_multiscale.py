@@ -42,7 +42,7 @@ from priorshift.data import load_dataset  # noqa: E402
 from priorshift.detectors import KLIP, KLIPMultiscale, MeasurementNorm  # noqa: E402
 from priorshift.detectors.klip import image_score  # noqa: E402
 from priorshift.detectors.klip_multiscale import equal_windows, window_features  # noqa: E402
-from priorshift.io import atomic_write  # noqa: E402
+from _common import write_results  # noqa: E402
 from priorshift.metrics import ood_metrics  # noqa: E402
 from priorshift.metrics.ood import auroc_standard_error  # noqa: E402
 
@@ -154,40 +154,34 @@ def main(argv=None) -> int:
             continue
         scored = {k: v for k, v in traces.items() if k != "calib"}
         nfe_full = traces["mnist"].nfe_per_image_full
-        nfe_ms = nfe_full * max(w[1] for w in windows)
-        scores = {"KLIP multiscale": multiscale_scores(traces["calib"], scored, windows=windows, block=block)}
-        chosen = {"KLIP multiscale": ("calibration on ID only; recipe fixed before this split", nfe_ms)}
+        # label → (scores per set, how its settings were chosen, NFE per image)
+        methods: dict[str, tuple[dict, str, float]] = {
+            "KLIP multiscale": (multiscale_scores(traces["calib"], scored, windows=windows, block=block),
+                                "calibration on ID only; recipe fixed before this split", nfe_full * max(w[1] for w in windows))}
 
-        def single(setting: Setting):
-            return {k: image_score(setting.maps(t)) for k, t in scored.items()}
+        def add_window(label: str, setting: Setting, chosen: str):
+            methods[f"{label}: {setting.label()}"] = ({k: image_score(setting.maps(t)) for k, t in scored.items()}, chosen,
+                                                      setting.nfe_per_image(traces["mnist"]))
 
         lib = Setting(tuple(default.window), default.block)
-        scores[f"KLIP, library default: {lib.label()}"] = single(lib)
-        chosen[f"KLIP, library default: {lib.label()}"] = ("none (KLIP's defaults)", lib.nfe_per_image(traces["mnist"]))
+        add_window("KLIP, library default", lib, "none (KLIP's defaults)")
         explore = next((p for p in explore_runs if "class_tuned" in explore_json[p].get(dom, {})), None)
         if explore is not None:
             cls = explore_json[explore][dom]["class_tuned"]
-            s = Setting(tuple(cls["window"]), cls["block"])
-            scores[f"KLIP, held-out-class-tuned: {s.label()}"] = single(s)
-            chosen[f"KLIP, held-out-class-tuned: {s.label()}"] = (f"window, block on the sibling prior's held-out classes ({explore.name}; no MNIST)",
-                                                                  s.nfe_per_image(traces["mnist"]))
-        mid = Setting(MID_WINDOW, block)
-        scores[f"KLIP, mid window: {mid.label()}"] = single(mid)
-        chosen[f"KLIP, mid window: {mid.label()}"] = ("found on MNIST [0, 96) in the exploration run; first fair test", mid.nfe_per_image(traces["mnist"]))
-        scores["whole-image KL (kl_nats, full schedule)"] = {k: t.kl_nats for k, t in scored.items()}
-        chosen["whole-image KL (kl_nats, full schedule)"] = ("none", nfe_full)
-        scores["‖y‖² (raw)"] = {k: inputs[k].flatten(1).pow(2).sum(1) for k in scored}
-        chosen["‖y‖² (raw)"] = ("none", 0.0)
+            add_window("KLIP, held-out-class-tuned", Setting(tuple(cls["window"]), cls["block"]),
+                       f"window, block on the sibling prior's held-out classes ({explore.name}; no MNIST)")
+        add_window("KLIP, mid window", Setting(MID_WINDOW, block), "found on MNIST [0, 96) in the exploration run; first fair test")
+        methods["whole-image KL (kl_nats, full schedule)"] = ({k: t.kl_nats for k, t in scored.items()}, "none", nfe_full)
+        methods["‖y‖² (raw)"] = ({k: inputs[k].flatten(1).pow(2).sum(1) for k in scored}, "none", 0.0)
         norm = MeasurementNorm(None, op).fit(inputs["calib"])
-        scores["measurement-norm (two-sided, fitted)"] = {k: norm.score(inputs[k]).score for k in scored}
-        chosen["measurement-norm (two-sided, fitted)"] = ("fitted on the calibration images", 0.0)
+        methods["measurement-norm (two-sided, fitted)"] = ({k: norm.score(inputs[k]).score for k in scored}, "fitted on the calibration images", 0.0)
         rows = []
         lines += [f"## {dom}: `{spec}`", "", "| method | AUROC | FPR@95 | AUPR-in | AUPR-out | NFE / image | settings chosen by |", "|---|---:|---:|---:|---:|---:|---|"]
-        for label, sc in scores.items():
+        for label, (sc, chosen, nfe) in methods.items():
             m = _metrics(sc["eval_id"], sc["mnist"])
-            rows.append({"method": label, **m, "nfe_per_image": chosen[label][1], "chosen": chosen[label][0]})
+            rows.append({"method": label, **m, "nfe_per_image": nfe, "chosen": chosen})
             lines.append(f"| {label} | {m['auroc']:.3f} ± {m['auroc_se']:.3f} | {m['fpr95_ood_positive']:.3f} | {m['aupr_in']:.3f} | {m['aupr_out']:.3f} | "
-                         f"{chosen[label][1]:.0f} | {chosen[label][0]} |")
+                         f"{nfe:.0f} | {chosen} |")
         trivial = max(r["auroc"] for r in rows if r["nfe_per_image"] == 0)
         beat = [r["method"] for r in rows if r["nfe_per_image"] > 0 and r["auroc"] > trivial]
         lines += ["", f"Best trivial baseline AUROC {trivial:.3f}; " + (f"beaten by: {', '.join(beat)}." if beat else "**no KLIP score beats it here.**")]
@@ -200,7 +194,7 @@ def main(argv=None) -> int:
         lines += ["Gross shifts — AUROC of the shifted set against the ID evaluation set:", "",
                   "| score | scaled ×5 | white noise N(0,1) | constant x = 0 (likelihood paradox) |", "|---|---:|---:|---:|"]
         gross = {}
-        for label, sc in scores.items():
+        for label, (sc, _, _) in methods.items():
             vals = [ood_metrics(sc["eval_id"], sc[c])["auroc"] for c in ("scaled_x5", "white_noise", "constant")]
             gross[label] = vals
             lines.append(f"| {label} | {vals[0]:.3f} | {vals[1]:.3f} | {vals[2]:.3f} |")
@@ -211,11 +205,9 @@ def main(argv=None) -> int:
             seen_p, unseen_p = sib / "traces" / f"{dom}-class_seen.safetensors", sib / "traces" / f"{dom}-class_unseen.safetensors"
             seen, unseen = Trace.load(seen_p), Trace.load(unseen_p)
             half = seen.n // 2
-            cut = lambda t, a, b: Trace(t.step_maps[a:b], t.base_block, t.n_steps, t.nfe_per_image_full, t.seconds, t.kl_nats[a:b],  # noqa: E731
-                                        t.reconstruction[a:b], t.sigmas)
-            s = multiscale_scores(cut(seen, 0, half), {"id": cut(seen, half, seen.n), "ood": cut(unseen, 0, unseen.n - half)}, windows=windows, block=block)
+            s = multiscale_scores(seen.take(slice(0, half)), {"id": seen.take(slice(half, seen.n)), "ood": unseen.take(slice(0, unseen.n - half))}, windows=windows, block=block)
             sl = Setting(tuple(default.window), default.block)
-            d_id, d_ood = image_score(sl.maps(cut(seen, half, seen.n))), image_score(sl.maps(cut(unseen, 0, unseen.n - half)))
+            d_id, d_ood = image_score(sl.maps(seen.take(slice(half, seen.n)))), image_score(sl.maps(unseen.take(slice(0, unseen.n - half))))
             sibling = {"multiscale": ood_metrics(s["id"], s["ood"])["auroc"], "library_default": ood_metrics(d_id, d_ood)["auroc"], "n": seen.n - half}
             lines += [f"No-MNIST check, sibling prior fashion-mnist-0-7-32 on its held-out classes ({sib.name} traces; {seen.n - half} seen vs {seen.n - half} unseen, "
                       f"calibrated on {half} other seen-class garments): multiscale {sibling['multiscale']:.3f}, library default {sibling['library_default']:.3f}.", ""]
@@ -243,10 +235,7 @@ def main(argv=None) -> int:
               f"{time.perf_counter() - t_all:.0f} s for this run (cached traces are not re-sampled); sampling every trace took {sampling_s:.0f} s "
               f"({nc + 2 * n + 2 * ns + 4} images per domain).", "",
               "Command: `python " + " ".join(["benchmarks/klip_multiscale.py", *(argv if argv is not None else sys.argv[1:])]) + "`"]
-    text = "\n".join(lines) + "\n"
-    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text))
-    atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1, default=float)))
-    print(text)
+    write_results(out, "results", lines, summary)
     return 0
 
 

@@ -131,6 +131,9 @@ def test_pooled_trace_gives_the_same_maps_and_scores(fitted):
                                multiscale_scores(t, {"t": t}, windows=fitted.windows, block=4)["t"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="multiple"):
         t.pooled(3)
+    sub = p.take(slice(1, 3))
+    assert sub.n == 2 and torch.equal(sub.step_maps, p.step_maps[1:3]) and torch.equal(sub.spread_maps, p.spread_maps[1:3])
+    assert torch.equal(sub.kl_nats, p.kl_nats[1:3]) and torch.equal(sub.reconstruction, p.reconstruction[1:3])
 
 
 def test_fit_does_not_depend_on_its_batch_size():

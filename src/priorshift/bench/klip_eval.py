@@ -75,6 +75,12 @@ class Trace:
         atomic_write_json(path.with_suffix(".json"), {"key": key, "layout": "images-first", "base_block": self.base_block, "n_steps": self.n_steps,
                                                       "nfe_per_image_full": self.nfe_per_image_full, "seconds": self.seconds})
 
+    def take(self, index) -> "Trace":
+        """The trace of a subset of its images (``index``: a slice, indices or a boolean mask over the N images)."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Trace(self.step_maps[index], self.base_block, self.n_steps, self.nfe_per_image_full, self.seconds, self.kl_nats[index],
+                     self.reconstruction[index], self.sigmas, pick(self.spread_maps))
+
     def pooled(self, block: int) -> "Trace":
         """The same trace with its per-step maps (and spread maps) summed to ``block``-px blocks (a multiple of the
         base block), e.g. to combine traces recorded at different base blocks."""

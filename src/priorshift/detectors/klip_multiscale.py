@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from priorshift.detectors.base import Detector, score_batches
-from priorshift.detectors.klip import KLIP, aggregate_step_maps, image_score, window_steps
+from priorshift.detectors.klip import KLIP, aggregate_step_maps, window_steps
 from priorshift.registry import register
 from priorshift.samplers.plan import SamplingPlan
 from priorshift.types import Scores
@@ -64,7 +64,7 @@ def window_features(step_maps: Tensor, windows, n_steps: int, pool: int = 1) -> 
     m = torch.stack(maps, 1)
     tiny = torch.finfo(m.dtype).tiny
     log_maps = m.clamp_min(tiny).log()
-    features = torch.stack([image_score(m[:, j]) for j in range(m.shape[1])], 1).clamp_min(tiny).log()
+    features = m.flatten(2).max(2).values.clamp_min(tiny).log()  # KLIP's image score (max over blocks) per window
     return log_maps, features
 
 
