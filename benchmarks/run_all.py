@@ -3,7 +3,7 @@ its wall time, the machine and the date.
 
     python benchmarks/run_all.py --quick                        # small n, few steps: a few minutes on 2 CPU cores
     python benchmarks/run_all.py                                # each script's own settings (hours on a CPU)
-    python benchmarks/run_all.py --quick --only samplers,demo --out /tmp/benchmarks.md
+    python benchmarks/run_all.py --quick --only samplers,demo --out runs/benchmarks.md
 
 Each benchmark runs in its own process from the repository root and writes its table into a temporary folder,
 so ``benchmarks/results/`` (the full-size results) is never touched. ``--quick`` numbers show that every script runs
