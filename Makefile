@@ -1,4 +1,5 @@
 # The two commands of the README. Both build .venv from scratch when it is missing.
+# `make test` lints first (ruff: undefined/unused names and syntax errors, config in pyproject.toml), then runs pytest.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -10,6 +11,7 @@ demo: $(STAMP) data
 	$(BIN)/priorshift demo
 
 test: $(STAMP) data
+	$(BIN)/ruff check src tests benchmarks examples scripts
 	$(BIN)/python -m pytest -q
 
 venv: $(STAMP)
