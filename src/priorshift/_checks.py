@@ -38,3 +38,14 @@ def check_sigma(sigma, batch: int, name: str = "sigma") -> Tensor:
     if bool((sigma < 0).any()):
         raise ValueError(f"{name} must be non-negative")
     return sigma
+
+
+def check_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int, or a ``ValueError`` naming ``name`` unless it is a whole number ``>= minimum`` (not a bool)."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and int(value) >= minimum
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from priorshift._checks import check_image, check_tensor
+from priorshift.operators.solvers import conjugate_gradient
 from priorshift.rng import per_image_rng
 
 __all__ = ["LinearOperator", "adjoint_error", "IMAGE_ABS_LIMIT"]
@@ -66,27 +67,17 @@ class LinearOperator:
 
         With ``damping = 0``: the minimum-norm least-squares solution ``A⁺ y`` (CGNE / Craig's method); with
         ``damping > 0``: the Tikhonov-regularized one, ``argmin ‖A x − y‖² + damping ‖x‖²``. One CG per
-        measurement (row), ``n_iter`` iterations. Available on every operator, also where ``A_pinv`` is
+        measurement (row), ``n_iter`` iterations at most (:func:`~priorshift.operators.solvers.conjugate_gradient`;
+        a row whose residual is exactly 0 stops). Available on every operator, also where ``A_pinv`` is
         overridden by a cheaper or classical reconstruction.
         """
         self.check_y(y)
-        z = torch.zeros_like(y)
-        r = y.clone()
-        p = r.clone()
-        dims = tuple(range(1, y.ndim))
-        rs = (r * r).sum(dims, keepdim=True)
-        tiny = torch.finfo(y.dtype).tiny
-        for _ in range(n_iter):
+
+        def normal(p):
             q = self.A(self.A_adjoint(p))
-            if damping:
-                q = q + damping * p
-            alpha = rs / (p * q).sum(dims, keepdim=True).clamp_min(tiny)
-            z = z + alpha * p
-            r = r - alpha * q
-            rs_new = (r * r).sum(dims, keepdim=True)
-            p = r + (rs_new / rs.clamp_min(tiny)) * p
-            rs = rs_new
-        return self.A_adjoint(z)
+            return q + damping * p if damping else q
+
+        return self.A_adjoint(conjugate_gradient(normal, y, n_iter=n_iter))
 
     # -- measurements ---------------------------------------------------------------------------------
     def __call__(self, x: Tensor, seed: Any = None) -> Tensor:
