@@ -19,7 +19,7 @@ description = sys.argv[2]
 note = sys.argv[3] if len(sys.argv) > 3 else None
 config = json.loads(src.with_suffix(".json").read_text())
 name = config["name"]
-load_prior(src)  # refuse to ship something that does not load
+D = load_prior(src)  # refuse to ship something that does not load (any registered backbone)
 WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
 for suffix in (".safetensors", ".json"):
     shutil.copyfile(src.with_suffix(suffix), WEIGHTS_DIR / f"{name}{suffix}")
@@ -33,7 +33,7 @@ manifest[name] = {
     "description": description,
     "command": config["command"],
     "dataset": config["dataset"],
-    "image_size": config["unet"]["image_size"],
+    "image_size": D.image_size,
     "parameters": None,
     "steps": training["steps"],
     "batch_size": training["batch_size"],

@@ -1,10 +1,14 @@
-"""Name → factory registries for operators, samplers, detectors, datasets and priors.
+"""Name → factory registries for operators, samplers, detectors, datasets and prior backbones.
 
 They feed the CLI, the docs and the contract tests: registering a component is all it takes for the
 contract tests to cover it. Registration is a decorator in the component's own module::
 
     @register("operator", "inpainting")
     class Inpainting(LinearOperator): ...
+
+Backbones are registered as :class:`priorshift.diffusion.backbones.Backbone` entries, one line each at the end of
+that module. Trained priors are not registered here: the bundled ones are listed by ``weights/manifest.json``
+(``priorshift priors``) and resolved by :func:`priorshift.diffusion.checkpoint.resolve_prior_path`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any, Callable
 
 __all__ = ["register", "get", "names", "KINDS"]
 
-KINDS = ("operator", "sampler", "detector", "dataset", "prior")
+KINDS = ("operator", "sampler", "detector", "dataset", "backbone")
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
 # Modules whose import registers the components of each kind.
 _PROVIDERS = {
@@ -22,7 +26,7 @@ _PROVIDERS = {
     "sampler": ("priorshift.samplers",),
     "detector": ("priorshift.detectors",),
     "dataset": ("priorshift.data",),
-    "prior": ("priorshift.diffusion.checkpoint",),
+    "backbone": ("priorshift.diffusion.backbones",),
 }
 
 

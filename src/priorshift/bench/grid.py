@@ -144,7 +144,7 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached
     out = Path(out)
     (out / "scores").mkdir(parents=True, exist_ok=True)
     prior = load_prior(cfg["prior"])
-    size = int(prior.config["unet"]["image_size"]) if hasattr(prior, "config") else None
+    size = getattr(prior, "image_size", None)
     n, n_fit = int(cfg["n"]), int(cfg["n_fit"])
     images = {"id": _images(cfg["data"]["id"], n, size), "ood": _images(cfg["data"]["ood"], n, size)}
     if "fit" in cfg["data"]:

@@ -121,7 +121,7 @@ def _score(args) -> int:
     if prior_name is None:
         raise ValueError("give --prior NAME|PATH (or --task NAME for a task's prior and settings)")
     prior = load_prior(prior_name, device=device)
-    size = prior.config["unet"]["image_size"]
+    size, channels = prior.image_size, prior.channels
     if args.operator:
         from priorshift.operators.spec import operator_from_spec
 
@@ -132,7 +132,6 @@ def _score(args) -> int:
         raise ValueError("give --operator SPEC (e.g. ct:views=20,noise=0.5, inpaint:p=0.5, blur:sigma=1.5, sr:factor=2, identity:noise=0.05) or --task NAME")
     det = _build_detector(args, prior, op, size)
     readings = {}
-    channels = prior.config["unet"].get("channels", 1)
     if args.images is not None:
         x, readings["input"] = _load_images(args.images, "--images", args.value_range)
         if tuple(x.shape[1:]) != (channels, size, size):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import time
 from pathlib import Path
@@ -41,22 +42,23 @@ def _cmd_train(args) -> int:
     if args.train_size is not None and args.train_size < 1:
         raise ValueError(f"--train-size must be >= 1, got {args.train_size}")
     init_prior = init_meta = None
-    if args.init:
+    if args.init:  # the backbone and its config are the prior's
         from priorshift.diffusion.checkpoint import load_prior
 
         init_prior = load_prior(args.init)
-        base = init_prior.net.config
-        if base.image_size != args.image_size:
-            raise ValueError(f"--init {args.init} is a {base.image_size}×{base.image_size} prior; --image-size is {args.image_size}")
-        if args.widths is not None and _parse_widths(args.widths) != tuple(base.widths):
-            raise ValueError(f"--init {args.init} has widths {','.join(map(str, base.widths))}; drop --widths or give the same")
-        if args.no_attention and base.attention:
+        backbone, network = init_prior.config.get("architecture", "unet"), init_prior.net.config
+        if init_prior.image_size != args.image_size:
+            raise ValueError(f"--init {args.init} is a {init_prior.image_size}×{init_prior.image_size} prior; --image-size is {args.image_size}")
+        if backbone != "unet" and (args.widths is not None or args.no_attention):
+            raise ValueError(f"--widths and --no-attention are UNet options; --init {args.init} is a {backbone!r} prior: drop them")
+        if args.widths is not None and _parse_widths(args.widths) != tuple(network.widths):
+            raise ValueError(f"--init {args.init} has widths {','.join(map(str, network.widths))}; drop --widths or give the same")
+        if args.no_attention and network.attention:
             raise ValueError(f"--init {args.init} has attention; drop --no-attention")
         init_meta = {"prior": str(args.init), "sha256": _file_sha(args.init)}
-        unet_kw = {k: v for k, v in base.to_dict().items()}
     else:
         widths = _parse_widths(args.widths or "16,32,64,128")
-        unet_kw = dict(image_size=args.image_size, widths=widths, attention=not args.no_attention)
+        backbone, network = "unet", UNetConfig(image_size=args.image_size, widths=widths, attention=not args.no_attention)
     _check_out_parent(Path(args.out))
     cfg = TrainConfig(
         name=args.name or Path(args.out).name,
@@ -65,7 +67,8 @@ def _cmd_train(args) -> int:
         lr=args.lr,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
-        unet=UNetConfig(**unet_kw),
+        backbone=backbone,
+        network=network,
     )
     try:
         cfg.validate()
@@ -99,10 +102,10 @@ def _cmd_train(args) -> int:
         print(_reading_note("--data", args.data, reading))
     if data.shape[-1] != args.image_size:
         raise ValueError(f"dataset {args.data!r} gives {data.shape[-1]}×{data.shape[-1]} images, not {args.image_size}")
-    if data.shape[1] != cfg.unet.channels:
+    if data.shape[1] != cfg.network.channels:
         if init_prior is not None:
-            raise ValueError(f"--init {args.init} takes {cfg.unet.channels}-channel images; {args.data!r} has {data.shape[1]}")
-        cfg.unet = UNetConfig(**unet_kw, channels=data.shape[1])
+            raise ValueError(f"--init {args.init} takes {cfg.network.channels}-channel images; {args.data!r} has {data.shape[1]}")
+        cfg.network = dataclasses.replace(cfg.network, channels=data.shape[1])
         cfg.validate()
     import hashlib
 

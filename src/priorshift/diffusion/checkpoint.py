@@ -1,8 +1,10 @@
 """Prior checkpoints: safetensors weights + a JSON config, written atomically, never pickles.
 
 A prior ``NAME`` is two files side by side: ``NAME.safetensors`` (the EMA network weights) and
-``NAME.json`` (architecture, preconditioning, data range, how it was trained). Bundled priors live in
-``priorshift/weights/`` and are listed with their training command in ``weights/manifest.json``.
+``NAME.json`` (architecture, preconditioning, data range, how it was trained). The network is the backbone the JSON's
+``"architecture"`` names (:mod:`priorshift.diffusion.backbones`; ``"unet"`` when absent, as in priors written before
+there was a choice), built from the config stored under that name. Bundled priors live in ``priorshift/weights/`` and
+are listed with their training command in ``weights/manifest.json`` (``priorshift priors``).
 
 Integrity, checked by :func:`load_prior` before the prior is handed out, each failure a ``ValueError`` naming the
 weights file: the SHA-256 of the ``.safetensors`` file against the manifest (bundled names) and against the
@@ -22,10 +24,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from torch import nn
+
+from priorshift.diffusion.backbones import backbone_of, get_backbone
 from priorshift.diffusion.denoisers import EDMDenoiser
-from priorshift.diffusion.unet import UNet, UNetConfig
 from priorshift.io import atomic_write, atomic_write_json  # also still imported from here by callers not yet moved
-from priorshift.registry import register
 
 __all__ = ["save_prior", "load_prior", "resolve_prior_path", "bundled_priors", "WEIGHTS_DIR", "FORMAT"]
 
@@ -42,15 +45,21 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_prior(path: str | Path, net: UNet, config: dict, *, half: bool = True) -> Path:
-    """Write ``path`` (``.safetensors``) and its ``.json`` config. ``half`` stores weights as float16
-    (loaded back as float32; the rounding changes denoiser outputs by ~1e-3 relative at most)."""
+def save_prior(path: str | Path, net: nn.Module, config: dict, *, half: bool = True) -> Path:
+    """Write ``path`` (``.safetensors``) and its ``.json`` config. ``net``: a registered backbone's network, the
+    one ``config["architecture"]`` names (when absent: found from ``net.config``). ``half`` stores weights as
+    float16 (loaded back as float32; the rounding changes denoiser outputs by ~1e-3 relative at most)."""
     path = Path(path).with_suffix(".safetensors")
+    arch = config.get("architecture") or backbone_of(net)
+    backbone = get_backbone(arch)
+    if type(net.config) is not backbone.config:
+        raise ValueError(f"the config says architecture {arch!r} but the network's config is a {type(net.config).__name__}, "
+                         f"not a {backbone.config.__name__}")
     dtype = torch.float16 if half else torch.float32
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-    meta = dict(config, format=FORMAT, unet=net.config.to_dict(), weights_dtype=str(dtype).replace("torch.", ""),
-                weights_sha256=sha256(path))
+    meta = dict(config, format=FORMAT, architecture=arch, **{arch: backbone.to_dict(net.config)},
+                weights_dtype=str(dtype).replace("torch.", ""), weights_sha256=sha256(path))
     atomic_write_json(path.with_suffix(".json"), meta)
     return path
 
@@ -106,8 +115,14 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path} could not be read as safetensors ({e}); the file is corrupt or truncated") from None
+    arch = config.get("architecture", "unet")
     try:
-        net = UNet(UNetConfig.from_dict(config["unet"]))
+        backbone = get_backbone(arch)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: architecture {arch!r} is not a known backbone ({e}); register it before loading") from None
+    try:
+        net_config = backbone.from_dict(config[arch])
+        net = backbone.build(net_config)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{config_path}: invalid architecture ({e}); the config is corrupt") from None
     try:
@@ -115,7 +130,7 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not match the architecture in {config_path.name}: {str(e).splitlines()[0]}") from None
     net.eval().requires_grad_(False)
-    _check_weights(path, state, net, config["unet"])
+    _check_weights(path, state, net, net_config.image_size, net_config.channels)
     pre = config.get("preconditioning", {})
     denoiser = EDMDenoiser(
         net,
@@ -123,8 +138,8 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
         sigma_min=pre.get("sigma_min", 0.002),
         sigma_max=pre.get("sigma_max", 80.0),
         data_range=config.get("data_range", (-1.0, 1.0)),
-        image_size=config["unet"]["image_size"],
-        channels=config["unet"]["channels"],
+        image_size=net_config.image_size,
+        channels=net_config.channels,
     )
     denoiser.config = config
     return denoiser.to(device)
@@ -144,7 +159,7 @@ def _verify_checksum(path: Path, config: dict, config_path: Path, manifest_sha: 
                              f"file is corrupt or truncated, or not the one its config describes; {fix}")
 
 
-def _check_weights(path: Path, state: dict, net: UNet, unet_config: dict) -> None:
+def _check_weights(path: Path, state: dict, net: nn.Module, size: int, channels: int) -> None:
     """Every tensor finite, and one forward pass on a fixed input finite: damage behind an intact header
     (overwritten bytes decode as NaN/Inf or as huge values) is caught here, with the file named."""
     for name, t in state.items():
@@ -152,7 +167,6 @@ def _check_weights(path: Path, state: dict, net: UNet, unet_config: dict) -> Non
             bad = int((~torch.isfinite(t)).sum())
             raise ValueError(f"{path}: weight tensor {name!r} holds {bad} NaN/Inf value(s): the weights file is damaged "
                              "(or the training that wrote it diverged); restore or retrain it")
-    size, channels = int(unet_config["image_size"]), int(unet_config["channels"])
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, channels, size, size, generator=g)
     c_noise = torch.log(torch.tensor([0.5, 20.0])) / 4  # EDM's c_noise at σ = 0.5 and 20
@@ -162,10 +176,3 @@ def _check_weights(path: Path, state: dict, net: UNet, unet_config: dict) -> Non
         raise ValueError(f"{path}: the network's output on a test input is NaN/Inf although every weight is finite: the "
                          "weights file is damaged (or the training diverged); restore or retrain it")
 
-
-def _register_bundled() -> None:
-    for name in bundled_priors():
-        register("prior", name)(lambda name=name, **kw: load_prior(name, **kw))
-
-
-_register_bundled()

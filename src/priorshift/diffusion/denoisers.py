@@ -43,7 +43,8 @@ class EDMDenoiser(nn.Module):
 
     The network runs in its own dtype (float32); inputs of another dtype (e.g. float64 samplers) are cast
     in and the output cast back. ``data_range`` is the range the network was trained on; the library's
-    [-1, 1] images are mapped to it and back here, nowhere else. ``image_size`` (when known) is checked.
+    [-1, 1] images are mapped to it and back here, nowhere else. ``image_size`` and ``channels`` (when known) are
+    checked, and are where a prior's image shape is read from (``prior.image_size``: H = W in pixels, or ``None``).
     """
 
     def __init__(
@@ -63,8 +64,18 @@ class EDMDenoiser(nn.Module):
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
         self.data_range = tuple(float(v) for v in data_range)
-        self.image_size = image_size
-        self.channels = channels
+        self._image_size = image_size
+        self._channels = channels
+
+    @property
+    def image_size(self) -> int | None:
+        """The prior's image size (H = W, pixels), ``None`` when not known."""
+        return self._image_size
+
+    @property
+    def channels(self) -> int | None:
+        """The prior's image channels, ``None`` when not known."""
+        return self._channels
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
         size = None if self.image_size is None else (self.image_size, self.image_size)

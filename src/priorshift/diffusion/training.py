@@ -14,25 +14,32 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from priorshift.diffusion.backbones import get_backbone
 from priorshift.diffusion.checkpoint import save_prior
 from priorshift.diffusion.denoisers import EDMDenoiser
-from priorshift.diffusion.unet import UNet, UNetConfig
 from priorshift.io import atomic_write, atomic_write_json
 
-__all__ = ["TrainConfig", "edm_loss", "train", "check_unet_config", "check_run_dir", "trained_steps"]
+__all__ = ["TrainConfig", "edm_loss", "train", "check_run_dir", "trained_steps"]
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (written into the checkpoint's JSON)."""
+    """Everything that defines a training run (written into the checkpoint's JSON).
+
+    The network is ``backbone`` (a name registered under the kind ``"backbone"``, see
+    :mod:`priorshift.diffusion.backbones`) built from ``network``, its config (that backbone's dataclass, or its
+    dict form; ``None``: the backbone's defaults). ``unet=UNetConfig(...)`` is still accepted for the UNet, and
+    ``cfg.unet`` reads its config.
+    """
 
     name: str = "prior"
     steps: int = 10_000
@@ -47,7 +54,20 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     grad_clip: float = 1.0
-    unet: UNetConfig = field(default_factory=UNetConfig)
+    backbone: str = "unet"  # priorshift.registry.names("backbone")
+    network: Any = None  # the backbone's config; None: its defaults
+    unet: InitVar[Any] = None  # former name of `network` for the UNet backbone
+
+    def __post_init__(self, unet) -> None:
+        if unet is not None:
+            if self.network is not None or self.backbone != "unet":
+                raise ValueError("give the network config once: network= (with backbone=) or unet=, not both")
+            self.network = unet
+        spec = get_backbone(self.backbone)
+        if self.network is None:
+            self.network = spec.config()
+        elif isinstance(self.network, dict):
+            self.network = spec.from_dict(self.network)
 
     def validate(self) -> "TrainConfig":
         """Raise a ``ValueError`` naming the first bad setting (called by :func:`train` before anything is written)."""
@@ -67,34 +87,18 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not 0 <= self.final_lr_fraction <= 1:
             raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction!r}")
-        check_unet_config(self.unet)
+        get_backbone(self.backbone).validate(self.network)
         return self
 
 
-MIN_IMAGE_SIZE = 8
+def _unet(self):
+    if self.backbone != "unet":
+        raise AttributeError(f"a {self.backbone!r} TrainConfig has no UNet config; its network config is .network")
+    return self.network
 
 
-def check_unet_config(cfg: UNetConfig) -> UNetConfig:
-    """Raise a ``ValueError`` unless :class:`UNet` can be built from ``cfg`` and trained on its image size:
-    ``image_size >= 8`` and divisible by ``2^(levels - 1)``, positive widths that GroupNorm can split."""
-    widths = tuple(cfg.widths)
-    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-        raise ValueError(f"widths must be positive integers, finest level first (e.g. 16,32,64), got {widths}")
-    if isinstance(cfg.image_size, bool) or not isinstance(cfg.image_size, int) or cfg.image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {cfg.image_size!r}")
-    factor = 2 ** (len(widths) - 1)
-    if cfg.image_size % factor:
-        raise ValueError(f"image_size {cfg.image_size} must be divisible by {factor} for a UNet with {len(widths)} levels "
-                         f"(widths {','.join(map(str, widths))}); use a multiple of {factor} or fewer levels")
-    if cfg.image_size // factor < 2:
-        raise ValueError(f"image_size {cfg.image_size} leaves {cfg.image_size // factor}×{cfg.image_size // factor} pixels at the "
-                         f"lowest of {len(widths)} levels; use fewer levels or larger images")
-    if isinstance(cfg.channels, bool) or not isinstance(cfg.channels, int) or cfg.channels < 1:
-        raise ValueError(f"channels must be an integer >= 1, got {cfg.channels!r}")
-    bad = [w for w in widths if w % min(cfg.groups, w)]
-    if bad:
-        raise ValueError(f"widths {bad} are not divisible by the {cfg.groups} GroupNorm groups; use multiples of {cfg.groups}")
-    return cfg
+# Read access under the UNet's former field name (the generated __init__ keeps its own default for `unet=`).
+TrainConfig.unet = property(_unet, doc="The UNet backbone's config (``network``) under its former name.")
 
 
 def edm_loss(denoiser: EDMDenoiser, x0: Tensor, generator: torch.Generator, p_mean: float, p_std: float, mask: Tensor | None = None) -> Tensor:
@@ -150,6 +154,7 @@ _RESUMABLE_CHANGES = {"steps", "checkpoint_every"}
 def _check_resume(out: Path, info: dict, cfg: TrainConfig, meta: dict) -> None:
     """Refuse to resume a run directory whose run differs from this one in anything but ``_RESUMABLE_CHANGES``."""
     old, new = dict(info.get("config", {})), json.loads(json.dumps(_cfg_dict(cfg)))  # as JSON stores it (tuples → lists)
+    old.setdefault("backbone", "unet")  # runs started before the backbone registry trained UNets
     changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
     old_data, new_data = (info.get("dataset") or {}).get("sha256_16"), (meta.get("dataset") or {}).get("sha256_16")
     if old_data and new_data and old_data != new_data:
@@ -218,8 +223,9 @@ def _check_finite_weights(net, step: int, cfg: TrainConfig, fp16: bool = False) 
 
 
 def _cfg_dict(cfg: TrainConfig) -> dict:
-    d = asdict(cfg)
-    d["unet"] = cfg.unet.to_dict()
+    """The run's settings as JSON stores them; the network's config under the backbone's name (``"unet": {...}``)."""
+    d = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "network"}
+    d[cfg.backbone] = get_backbone(cfg.backbone).to_dict(cfg.network)
     return d
 
 
@@ -232,7 +238,7 @@ def train(
     Returns the path of the written prior ``out/NAME.safetensors`` (EMA weights + JSON config).
     ``meta`` (dataset description, command line, ...) is stored in the config. ``stop_at``: checkpoint and
     return ``None`` after that step, as if killed there (for tests and time-boxed sessions).
-    ``init``: a network state dict to start from instead of the seeded fresh UNet (fine-tuning); ``mask``:
+    ``init``: a network state dict to start from instead of the seeded fresh network (fine-tuning); ``mask``:
     per-image loss masks (N, 1 or C, H, W), 1 = observed, restricting the EDM loss to observed pixels
     (training from inpainting measurements; both used by :mod:`priorshift.adapt`).
 
@@ -245,8 +251,9 @@ def train(
     out = Path(out)
     meta = dict(meta or {})
     cfg.validate()
-    if data.ndim != 4 or data.shape[1] != cfg.unet.channels or data.shape[-1] != cfg.unet.image_size or data.shape[-2] != cfg.unet.image_size:
-        raise ValueError(f"training data must be (N, {cfg.unet.channels}, {cfg.unet.image_size}, {cfg.unet.image_size}); got {tuple(data.shape)}")
+    c, size = cfg.network.channels, cfg.network.image_size
+    if data.ndim != 4 or tuple(data.shape[1:]) != (c, size, size):
+        raise ValueError(f"training data must be (N, {c}, {size}, {size}); got {tuple(data.shape)}")
     if data.shape[0] < 1:
         raise ValueError("training data holds 0 images")
     if mask is not None and (mask.ndim != 4 or mask.shape[0] != data.shape[0] or mask.shape[1] not in (1, data.shape[1]) or mask.shape[-2:] != data.shape[-2:]):
@@ -263,7 +270,7 @@ def train(
         return prior_path
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(cfg.seed)
-        net = UNet(cfg.unet)
+        net = get_backbone(cfg.backbone).build(cfg.network)
     if init is not None:
         net.load_state_dict(init)
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -320,7 +327,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "name": cfg.name,
-        "architecture": "unet",
+        "architecture": cfg.backbone,
         "preconditioning": {"type": "edm", "sigma_data": cfg.sigma_data, "sigma_min": 0.002, "sigma_max": 80.0},
         "data_range": [-1.0, 1.0],
         "training": {

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["UNetConfig", "UNet"]
+__all__ = ["UNetConfig", "UNet", "check_unet_config"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,26 @@ class UNetConfig:
             known["widths"] = tuple(known["widths"])
         return cls(**known)
 
+
+def check_unet_config(cfg: UNetConfig) -> UNetConfig:
+    """Raise a ``ValueError`` unless :class:`UNet` can be built from ``cfg`` and trained on its image size
+    (the UNet's part of ``Backbone.validate``, which checks ``image_size >= 8`` and ``channels >= 1`` first):
+    ``image_size`` divisible by ``2^(levels - 1)`` leaving >= 2 pixels at the lowest level, positive widths that
+    GroupNorm can split."""
+    widths = tuple(cfg.widths)
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"widths must be positive integers, finest level first (e.g. 16,32,64), got {widths}")
+    factor = 2 ** (len(widths) - 1)
+    if cfg.image_size % factor:
+        raise ValueError(f"image_size {cfg.image_size} must be divisible by {factor} for a UNet with {len(widths)} levels "
+                         f"(widths {','.join(map(str, widths))}); use a multiple of {factor} or fewer levels")
+    if cfg.image_size // factor < 2:
+        raise ValueError(f"image_size {cfg.image_size} leaves {cfg.image_size // factor}×{cfg.image_size // factor} pixels at the "
+                         f"lowest of {len(widths)} levels; use fewer levels or larger images")
+    bad = [w for w in widths if w % min(cfg.groups, w)]
+    if bad:
+        raise ValueError(f"widths {bad} are not divisible by the {cfg.groups} GroupNorm groups; use multiples of {cfg.groups}")
+    return cfg
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(groups, channels), channels)
