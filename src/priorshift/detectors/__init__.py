@@ -10,7 +10,8 @@ registered name.
 from priorshift.detectors.base import Detector, NotFittedError, concat_scores, resolve_seeds, score_batches
 from priorshift.detectors.baselines import DenoisingError, MeasurementNorm, Residual, ScoreNorm
 from priorshift.detectors.reconstruct import FromMeasurements
-from priorshift.detectors.eigenscore import EigenScore, EigenScoreTrace
+from priorshift.detectors.eigenscore import EigenScore
+from priorshift.detectors.eigenscore_trace import EigenScoreTrace
 from priorshift.detectors.klip import KLIP, KLIPAccumulator, aggregate_step_maps
 from priorshift.detectors.klip_multiscale import KLIPMultiscale
 from priorshift.detectors.lmd import LMD

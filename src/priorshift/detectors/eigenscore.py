@@ -21,34 +21,11 @@ K-dimensional posterior variance — carry the signal better than the whole trac
 The standardisation is **per noise level, of the top-K sum** (as the paper's feature layout: one feature per
 σ_t), fitted on in-distribution images only; a (numerically) zero std is replaced by 1 (scikit-learn's rule).
 
-**Subspace iteration** (:func:`subspace_iteration`, Jacobian-free). With ``V = [v_1..v_K]`` orthonormal (d × K)
-and the finite-difference step ``h = c·σ``::
-
-    A   = [D(x_σ + h v_k, σ) − D(x_σ − h v_k, σ)] / (2h)  ≈ J V      all 2K inputs (× every image, noise level
-                                                                     and repetition) in ONE denoiser call
-    H   = sym(Vᵀ A) = W diag(θ) Wᵀ                                   Rayleigh–Ritz in span(V), θ descending
-    λ_k = σ² ‖A w_k‖                                                 the paper's norm estimate (``λ ≈ σ²/(2c)‖D(x+cv)−D(x−cv)‖``)
-    r_k = ‖(I − V Vᵀ) A w_k‖ / ‖A w_k‖                               subspace residual of Ritz vector k
-    V  ← Q,  Q R = A W,  diag(R) ≥ 0                                 QR re-orthonormalisation, deterministic signs
-
-Signs: each Ritz vector is flipped so that its largest-magnitude entry is positive, and the QR factor is taken
-with a non-negative diagonal of ``R``; since ``A(−v) = −A(v)`` exactly, signs never change the eigenvalues.
-For K = 1 this is plain power iteration (``v ← Jv/‖Jv‖``, ``λ = σ²‖Jv‖``).
-
-*Convergence test*, valid for any K: a row (one image × noise level × repetition) has converged when
-``max_k r_k ≤ tol``, i.e. ``J V`` has left ``span(V)`` by at most an angle ``asin(tol)`` — the subspace is
-(nearly) invariant. For a symmetric Jacobian ``r_k`` is exactly the Ritz residual ``‖A w_k − θ_k V w_k‖/‖A w_k‖``
-(the in-subspace part vanishes), which makes it a certificate: each θ_k lies within ``r_k`` (relative) of a true
-eigenvalue (Krylov–Weinstein), and within ``O(r_k²)`` when the spectrum is not degenerate (Kato–Temple). A
-learned Jacobian is slightly non-symmetric: the full Ritz residual then has a floor set by the asymmetry (about
-0.016 for the bundled Fashion-MNIST prior at σ ≈ 1), while the subspace residual still goes to 0 — so only the
-out-of-subspace part is tested. Unlike the official test (trace of successive-basis overlaps > 2.94,
-hard-coded for K = 3, five iterations in a row) it needs no K-specific threshold and does not stall on
-(near-)degenerate eigenvalues inside the top K. The certificate is about *an* eigenvalue: when
-``λ_K ≈ λ_{K+1}`` the K-th estimate may still be a mix of the two (and low), which is why the tolerance is
-on the subspace, not on successive changes of λ (those are tiny exactly when convergence is slow).
-Converged rows are frozen (they leave the batch), so every row's result and NFE depend only on its own seed —
-not on the batch.
+**Top-K eigenvalues** by subspace iteration with Rayleigh–Ritz on central differences of ``D``, all 2K
+perturbed inputs (× every image, noise level and repetition) in one batched call, QR re-orthonormalisation and a
+convergence test on the subspace residual ``max_k r_k ≤ tol`` (:func:`priorshift.diffusion.jacobian.subspace_iteration`,
+whose docstring has the math). Converged rows leave the batch, so every row's result and NFE depend only on its own
+seed — not on the batch.
 A row that has not converged after ``iters`` iterations is **redrawn** (new noise ``z_i`` and a new start
 ``V``), at most ``redraws`` times; after that its last estimate is kept and flagged ``converged = False``
 (``extras["attempts"]`` counts the draws, pitfall 5 of the dossier: keeping only converged repetitions biases
@@ -71,8 +48,8 @@ test image, I = 2, float32) every repetition converged, after 8–23 iterations 
 converged value. Whether these defaults reach the full-cost AUROC ± 0.02 (the issue's target) is for the
 bench to measure. σ is clamped to the prior's ``[sigma_min, sigma_max]``.
 
-**Ablation** ``eigenscore-trace`` (:class:`EigenScoreTrace`): the same pipeline with the full trace
-``tr Cov[x0 | x_σ]`` (the denoising MSE of Prop. 1) in place of the top-K sum; see its docstring.
+**Ablation** ``eigenscore-trace`` (:class:`~priorshift.detectors.eigenscore_trace.EigenScoreTrace`): the same
+pipeline with the full trace ``tr Cov[x0 | x_σ]`` (the denoising MSE of Prop. 1) in place of the top-K sum.
 """
 
 from __future__ import annotations
@@ -85,27 +62,17 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from priorshift._checks import check_int
 from priorshift.analytic import GaussianMixturePrior, stationary_covariance
 from priorshift.detectors.base import Detector
-from priorshift.diffusion.denoisers import as_counting
+from priorshift.diffusion.jacobian import subspace_iteration
 from priorshift.registry import register
 from priorshift.rng import per_image_rng
 from priorshift.types import Scores
 
-__all__ = [
-    "EigenScore",
-    "EigenScoreTrace",
-    "PosteriorSpectrum",
-    "PosteriorTrace",
-    "SubspaceResult",
-    "subspace_iteration",
-    "central_difference_jvp",
-    "ddpm_sigma",
-    "DEFAULT_SIGMAS",
-]
+__all__ = ["EigenScore", "PosteriorSpectrum", "ddpm_sigma", "DEFAULT_SIGMAS"]
 
 AGGREGATES = ("mean", "median")
-TRACE_ESTIMATORS = ("hutchinson", "mse")
 
 
 def ddpm_sigma(t: int, *, beta_start: float = 1e-4, beta_end: float = 0.02, steps: int = 1000) -> float:
@@ -123,127 +90,7 @@ DEFAULT_SIGMAS: tuple[float, ...] = tuple(ddpm_sigma(t) for t in (100, 150, 200,
 
 
 # ---------------------------------------------------------------------------------------------------
-# The numerical core: batched central-difference JVPs and subspace iteration
-# ---------------------------------------------------------------------------------------------------
-def central_difference_jvp(denoiser, x: Tensor, sigma: Tensor, v: Tensor, step: Tensor, *, max_batch: int | None = None) -> Tensor:
-    """``J_D(x) v_k ≈ [D(x + h v_k) − D(x − h v_k)] / (2h)`` for all K directions of all N rows at once.
-
-    ``x``: (N, C, H, W); ``sigma``, ``step`` (= h): (N,); ``v``: (N, K, C, H, W). Returns (N, K, C, H, W) in
-    ``x``'s dtype. The 2K·N perturbed inputs form one tensor and one denoiser call (``max_batch`` rows per
-    call at most, when given). Exact (up to rounding) for a linear ``D``; ``O(h²)`` otherwise.
-    """
-    n, k = v.shape[:2]
-    h = step.to(x.dtype).reshape(n, 1, 1, 1, 1)
-    hv = h * v.to(x.dtype)
-    inputs = torch.cat([x[:, None] + hv, x[:, None] - hv], dim=1).reshape(n * 2 * k, *x.shape[1:])
-    sig = sigma.to(x.dtype).repeat_interleave(2 * k)
-    if max_batch is None or inputs.shape[0] <= max_batch:
-        out = denoiser(inputs, sig)
-    else:
-        out = torch.cat([denoiser(a, s) for a, s in zip(inputs.split(max_batch), sig.split(max_batch))])
-    out = out.reshape(n, 2 * k, *x.shape[1:])
-    return (out[:, :k] - out[:, k:]) / (2 * h)
-
-
-@dataclass(frozen=True)
-class SubspaceResult:
-    """Output of :func:`subspace_iteration` for N rows.
-
-    ``eigenvalues``: (N, K) float64, descending — estimates of the top-K eigenvalues of ``σ² J_D(x)``;
-    ``vectors``: (N, K, C, H, W) float64, orthonormal (the Ritz vectors of the last iteration);
-    ``converged``: (N,) bool; ``iterations``: (N,) int64, iterations run; ``residual``: (N,) float64,
-    ``max_k r_k`` of the last iteration; ``nfe``: denoiser evaluations spent (2K per row per iteration).
-    """
-
-    eigenvalues: Tensor
-    vectors: Tensor
-    converged: Tensor
-    iterations: Tensor
-    residual: Tensor
-    nfe: int
-
-
-def _orthonormal(a: Tensor) -> Tensor:
-    """QR of the (N, d, K) block with non-negative diag(R): a unique, deterministic orthonormal basis."""
-    q, r = torch.linalg.qr(a)
-    sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return q * sign[:, None, :]
-
-
-def subspace_iteration(
-    denoiser, x: Tensor, sigma: Tensor, v0: Tensor, *, iters: int, c: float = 0.1, tol: float = 0.05, max_batch: int | None = None
-) -> SubspaceResult:
-    """Top-K eigenpairs of ``σ² J_D(x)`` by subspace iteration with Rayleigh–Ritz on central differences.
-
-    ``x``: (N, C, H, W) noisy inputs ``x_σ``; ``sigma``: (N,) their noise levels; ``v0``: (N, K, C, H, W) the
-    starting block (any scale, orthonormalised first). Each iteration evaluates the denoiser once on the
-    2K·N' perturbed inputs of the N' rows not yet converged; a row stops when ``max_k r_k ≤ tol`` (see the
-    module docstring), or after ``iters`` iterations. ``c``: the step ``h = c·σ``. ``tol = 0`` runs all
-    ``iters`` iterations. NFE is counted by a :class:`~priorshift.diffusion.CountingDenoiser` wrapper.
-    """
-    if x.ndim != 4 or v0.ndim != 5 or v0.shape[0] != x.shape[0] or v0.shape[2:] != x.shape[1:]:
-        raise ValueError(f"need x (N, C, H, W) and v0 (N, K, C, H, W); got {tuple(x.shape)} and {tuple(v0.shape)}")
-    n, k = v0.shape[:2]
-    d = math.prod(x.shape[1:])
-    if k > d:
-        raise ValueError(f"k = {k} eigenvalues requested but the image has only d = {d} pixels")
-    if int(iters) < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
-    counter = as_counting(denoiser)
-    nfe0 = counter.nfe
-    sigma = sigma.to(device=x.device, dtype=torch.float64).reshape(n)
-    step = float(c) * sigma
-    V = _orthonormal(v0.reshape(n, k, d).transpose(1, 2).to(torch.float64))  # (N, d, K)
-    lam = torch.zeros(n, k, dtype=torch.float64, device=x.device)
-    resid = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)
-    vectors = V.clone()
-    converged = torch.zeros(n, dtype=torch.bool, device=x.device)
-    iterations = torch.zeros(n, dtype=torch.int64, device=x.device)
-    active = torch.arange(n, device=x.device)
-    for _ in range(int(iters)):
-        Va = V[active]
-        v = Va.transpose(1, 2).reshape(-1, k, *x.shape[1:])
-        A = central_difference_jvp(counter, x[active], sigma[active], v, step[active], max_batch=max_batch)
-        A = A.reshape(-1, k, d).transpose(1, 2).to(torch.float64)  # (n', d, K) ≈ J V
-        H = Va.transpose(1, 2) @ A
-        theta, W = torch.linalg.eigh(0.5 * (H + H.transpose(1, 2)))
-        theta, W = theta.flip(-1), W.flip(-1)  # descending
-        Vr, Ar = Va @ W, A @ W  # Ritz vectors and J times them
-        # deterministic signs: the largest-magnitude entry of each Ritz vector is positive
-        idx = Vr.abs().argmax(dim=1, keepdim=True)
-        sign = torch.sign(torch.gather(Vr, 1, idx))
-        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-        Vr, Ar = Vr * sign, Ar * sign
-        norms = Ar.norm(dim=1)  # (n', K)
-        # subspace residual: the part of J v_k outside span(V) (for a symmetric J, the Ritz residual)
-        r = (Ar - Va @ (Va.transpose(1, 2) @ Ar)).norm(dim=1) / norms.clamp_min(torch.finfo(torch.float64).tiny)
-        sig2 = sigma[active, None] ** 2
-        lam[active] = sig2 * norms
-        resid[active] = r.max(dim=1).values
-        vectors[active] = Vr
-        iterations[active] += 1
-        done = resid[active] <= float(tol)
-        converged[active] = done
-        V[active] = _orthonormal(Ar)
-        active = active[~done]
-        if active.numel() == 0:
-            break
-    order = lam.argsort(dim=1, descending=True, stable=True)  # the norm estimates can swap near-degenerate pairs
-    lam = torch.gather(lam, 1, order)
-    vectors = torch.gather(vectors, 2, order[:, None, :].expand_as(vectors))
-    return SubspaceResult(
-        eigenvalues=lam,
-        vectors=vectors.transpose(1, 2).reshape(n, k, *x.shape[1:]),
-        converged=converged,
-        iterations=iterations,
-        residual=resid,
-        nfe=counter.nfe - nfe0,
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Results of the feature extractors
+# The raw spectrum
 # ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PosteriorSpectrum:
@@ -271,40 +118,16 @@ class PosteriorSpectrum:
         return bool(self.converged.all())
 
 
-@dataclass(frozen=True)
-class PosteriorTrace:
-    """Trace of the posterior covariance (or the denoising MSE) of a batch (:meth:`EigenScoreTrace.trace`).
-
-    ``trace``: (B, T) float64, ``Agg_i`` over repetitions; ``per_repetition``: (B, T, I); ``sigmas``: the T
-    noise levels; ``estimator``: ``"hutchinson"`` or ``"mse"``; ``nfe``: denoiser evaluations spent."""
-
-    trace: Tensor
-    per_repetition: Tensor
-    sigmas: tuple[float, ...]
-    estimator: str
-    nfe: int
-
-
 # ---------------------------------------------------------------------------------------------------
 # Shared detector machinery
 # ---------------------------------------------------------------------------------------------------
-def _aggregate(values: Tensor, how: str, dim: int) -> Tensor:
+def aggregate_repetitions(values: Tensor, how: str, dim: int) -> Tensor:
     if how == "mean":
         return values.mean(dim)
     return values.quantile(0.5, dim=dim)  # the midpoint of the two middle values for an even count
 
 
-def _check_positive_int(value, name: str, minimum: int = 1) -> int:
-    try:
-        ok = not isinstance(value, bool) and int(value) == value and int(value) >= minimum
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _mixture_example_prior():
+def mixture_example_prior():
     """The contract tests' 8×8 float64 prior: two tight in-distribution components (constant offsets ±0.3
     plus smooth squared-exponential texture of variance 0.005 and 0.01 — two, so that the ID features
     genuinely vary and their std is not degenerate) and a broad background ``N(0, 2 I)`` of weight 0.001
@@ -317,8 +140,8 @@ def _mixture_example_prior():
     return GaussianMixturePrior(torch.tensor([0.4995, 0.4995, 0.001], dtype=torch.float64), means, torch.stack([tight_a, tight_b, broad]), (1, size, size))
 
 
-class _PosteriorFeatureDetector(Detector):
-    """Common pipeline of :class:`EigenScore` and :class:`EigenScoreTrace`: per-σ features of noisy copies
+class PosteriorFeatureDetector(Detector):
+    """Common pipeline of :class:`EigenScore` and :class:`~priorshift.detectors.eigenscore_trace.EigenScoreTrace`: per-σ features of noisy copies
     ``x + σ_t z_i``, aggregated over repetitions, z-scored with ID statistics, summed over σ."""
 
     input_kind = "images"
@@ -343,10 +166,10 @@ class _PosteriorFeatureDetector(Detector):
         self.prior = prior
         self.operator = None
         self.sigmas = tuple(float(s) for s in clamped)
-        self.repetitions = _check_positive_int(repetitions, "repetitions")
+        self.repetitions = check_int(repetitions, "repetitions")
         self.aggregate = aggregate
         self.c = float(c)
-        self.max_batch = None if max_batch is None else _check_positive_int(max_batch, "max_batch")
+        self.max_batch = None if max_batch is None else check_int(max_batch, "max_batch")
 
     # -- what subclasses implement: per-σ features (B, T) float64, per-image extras, NFE -------------
     def _features(self, x: Tensor, seed) -> tuple[Tensor, dict[str, Any], int]:  # pragma: no cover - abstract
@@ -386,7 +209,7 @@ class _PosteriorFeatureDetector(Detector):
 # EigenScore
 # ---------------------------------------------------------------------------------------------------
 @register("detector", "eigenscore")
-class EigenScore(_PosteriorFeatureDetector):
+class EigenScore(PosteriorFeatureDetector):
     """EigenScore (ICLR 2026, arXiv 2510.07206): the z-scored sum over noise levels of the top-K eigenvalues of
     the denoising posterior covariance ``Cov[x0 | x_σ] = σ² J_D(x + σ z)``. **Higher = more shifted.**
 
@@ -431,12 +254,12 @@ class EigenScore(_PosteriorFeatureDetector):
         max_batch: int | None = None,
     ):
         super().__init__(prior, operator, sigmas=sigmas, repetitions=repetitions, aggregate=aggregate, c=c, max_batch=max_batch)
-        self.k = _check_positive_int(k, "k")
-        self.iters = _check_positive_int(iters, "iters")
+        self.k = check_int(k, "k")
+        self.iters = check_int(iters, "iters")
         if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
         self.tol = float(tol)
-        self.redraws = _check_positive_int(redraws, "redraws", minimum=0)
+        self.redraws = check_int(redraws, "redraws", minimum=0)
 
     @classmethod
     def example(cls) -> "EigenScore":
@@ -448,7 +271,7 @@ class EigenScore(_PosteriorFeatureDetector):
         is explained by the broad component, whose posterior covariance ``σ²·2/(2 + σ²) I`` exceeds the tight
         ones' in every direction — so its top-K eigenvalues, and the score, are larger.
         """
-        return cls(_mixture_example_prior(), sigmas=(0.3, 0.6), k=2, iters=30, repetitions=2, tol=1e-2)
+        return cls(mixture_example_prior(), sigmas=(0.3, 0.6), k=2, iters=30, repetitions=2, tol=1e-2)
 
     def eigenvalues(self, x: Tensor, *, seed=0) -> PosteriorSpectrum:
         """The raw top-K eigenvalues of ``σ_t² J_D(x + σ_t z_i)`` for a batch ``x`` (B, C, H, W); no fit needed.
@@ -490,7 +313,7 @@ class EigenScore(_PosteriorFeatureDetector):
                 break
         per_rep = lam.reshape(B, T, I, K)
         return PosteriorSpectrum(
-            eigenvalues=_aggregate(per_rep, self.aggregate, dim=2),
+            eigenvalues=aggregate_repetitions(per_rep, self.aggregate, dim=2),
             per_repetition=per_rep,
             converged=converged.reshape(B, T, I),
             attempts=attempts.reshape(B, T, I),
@@ -501,7 +324,7 @@ class EigenScore(_PosteriorFeatureDetector):
 
     def _features(self, x: Tensor, seed) -> tuple[Tensor, dict[str, Any], int]:
         spec = self._spectrum(x, seed)
-        feats = _aggregate(spec.per_repetition.sum(-1), self.aggregate, dim=2)  # m_t = Agg_i Σ_k λ_k
+        feats = aggregate_repetitions(spec.per_repetition.sum(-1), self.aggregate, dim=2)  # m_t = Agg_i Σ_k λ_k
         extras = {"eigenvalues": spec.eigenvalues, "converged": spec.converged, "attempts": spec.attempts, "iterations": spec.iterations}
         return feats, extras, spec.nfe
 
@@ -510,96 +333,3 @@ class EigenScore(_PosteriorFeatureDetector):
 
     def __repr__(self) -> str:
         return f"EigenScore(sigmas={tuple(round(s, 4) for s in self.sigmas)}, k={self.k}, iters={self.iters}, c={self.c}, repetitions={self.repetitions}, aggregate={self.aggregate!r}, tol={self.tol})"
-
-
-# ---------------------------------------------------------------------------------------------------
-# The full-trace (MSE) ablation
-# ---------------------------------------------------------------------------------------------------
-@register("detector", "eigenscore-trace")
-class EigenScoreTrace(_PosteriorFeatureDetector):
-    """EigenScore's full-trace ablation (the paper's "MSE" row): the z-scored sum over noise levels of the
-    trace of the posterior covariance, ``m_t = Agg_i tr Cov[x0 | x + σ_t z_i]``. **Higher = more shifted.**
-
-    Estimators (``estimator``):
-
-    * ``"hutchinson"`` (default): ``tr Cov[x0 | x_σ] = σ² tr J_D(x_σ)`` at the same noisy points as
-      EigenScore, by Hutchinson's estimator with P Rademacher probes ``ε_p ∈ {±1}^d`` and the same central
-      differences: ``t̂ = σ² (1/P) Σ_p ε_pᵀ [D(x_σ + h u_p) − D(x_σ − h u_p)] / (2h) · sqrt(d)`` with
-      ``u_p = ε_p/sqrt(d)`` (unit norm, ``h = c·σ``), i.e. ``(σ²/P) Σ_p ε_pᵀ J ε_p`` up to ``O(h²)``.
-      Unbiased; for ``C = σ² J`` symmetric its variance is ``2(‖C‖_F² − Σ_i C_ii²)/P``. 2P NFE per (σ, i).
-      This isolates the paper's claim (top-K vs the whole spectrum of the *same* matrix).
-    * ``"mse"``: the per-image denoising error ``‖D(x + σ z_i) − x‖²`` (1 NFE per (σ, i)). Its expectation over
-      ``x ~ p`` is ``E tr Cov[x0 | x_σ]`` (Prop. 1's MSE), but per image it also contains the squared bias
-      ``‖E[x0|x_σ] − x‖²``; it is what the paper's MSE baseline measures.
-
-    extras: ``trace`` (B, T) (``Agg_i`` of the estimate), ``features`` (= ``trace``), ``z`` (B, T), ``sigmas``,
-    ``nfe_per_image``. Parameters as :class:`EigenScore`, plus ``probes`` P ≥ 1 and ``estimator``.
-    """
-
-    registered_name = "eigenscore-trace"
-
-    def __init__(
-        self,
-        prior,
-        operator=None,
-        *,
-        sigmas: Sequence[float] = DEFAULT_SIGMAS,
-        estimator: str = "hutchinson",
-        probes: int = 4,
-        c: float = 0.1,
-        repetitions: int = 4,
-        aggregate: str = "mean",
-        max_batch: int | None = None,
-    ):
-        super().__init__(prior, operator, sigmas=sigmas, repetitions=repetitions, aggregate=aggregate, c=c, max_batch=max_batch)
-        if estimator not in TRACE_ESTIMATORS:
-            raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(TRACE_ESTIMATORS)}")
-        self.estimator = estimator
-        self.probes = _check_positive_int(probes, "probes")
-
-    @classmethod
-    def example(cls) -> "EigenScoreTrace":
-        """A tiny instance on the same 8×8 float64 Gaussian-mixture prior as :meth:`EigenScore.example` (why a
-        mixture: see there; the broad component's posterior trace ``64·σ²·2/(2+σ²)`` dwarfs the tight ones')."""
-        return cls(_mixture_example_prior(), sigmas=(0.3, 0.6), probes=2, repetitions=2)
-
-    def trace(self, x: Tensor, *, seed=0) -> PosteriorTrace:
-        """The raw per-σ trace estimates for a batch ``x`` (B, C, H, W); no fit needed. Per image, its generator
-        draws the noise (T, I, C, H, W), then (Hutchinson) the probe signs (T, I, P, C, H, W)."""
-        x = self.check_input(x)
-        return self._trace(x, seed)
-
-    def _trace(self, x: Tensor, seed) -> PosteriorTrace:
-        B, T, I = x.shape[0], len(self.sigmas), self.repetitions
-        shape = tuple(x.shape[1:])
-        d = math.prod(shape)
-        rng = per_image_rng(seed, B, x.device)
-        counter = as_counting(self.prior)
-        nfe0 = counter.nfe
-        xs = self._noisy(x, rng.randn((T, I) + shape, dtype=x.dtype)).reshape(B * T * I, *shape)
-        sig = torch.tensor(self.sigmas, dtype=torch.float64, device=x.device).reshape(1, T, 1).expand(B, T, I).reshape(-1)
-        if self.estimator == "mse":
-            chunks = [xs] if self.max_batch is None else list(xs.split(self.max_batch))
-            schunks = [sig] if self.max_batch is None else list(sig.split(self.max_batch))
-            den = torch.cat([counter(a, s.to(x.dtype)) for a, s in zip(chunks, schunks)]).reshape(B, T, I, d)
-            est = (den.to(torch.float64) - x.reshape(B, 1, 1, d).to(torch.float64)).pow(2).sum(-1)
-        else:
-            P = self.probes
-            eps = (rng.rand((T, I, P) + shape, dtype=x.dtype) < 0.5).to(x.dtype) * 2 - 1  # Rademacher
-            eps = eps.reshape(B * T * I, P, *shape)
-            jv = central_difference_jvp(counter, xs, sig, eps / math.sqrt(d), self.c * sig, max_batch=self.max_batch)
-            quad = (eps.to(torch.float64) * jv.to(torch.float64)).flatten(2).sum(-1) * math.sqrt(d)  # ε_pᵀ J ε_p
-            est = (sig.reshape(-1, 1) ** 2 * quad).mean(1).reshape(B, T, I)
-        return PosteriorTrace(
-            trace=_aggregate(est, self.aggregate, dim=2), per_repetition=est, sigmas=self.sigmas, estimator=self.estimator, nfe=counter.nfe - nfe0
-        )
-
-    def _features(self, x: Tensor, seed) -> tuple[Tensor, dict[str, Any], int]:
-        tr = self._trace(x, seed)
-        return tr.trace, {"trace": tr.trace}, tr.nfe
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "estimator": self.estimator, "probes": self.probes}
-
-    def __repr__(self) -> str:
-        return f"EigenScoreTrace(sigmas={tuple(round(s, 4) for s in self.sigmas)}, estimator={self.estimator!r}, probes={self.probes}, c={self.c}, repetitions={self.repetitions}, aggregate={self.aggregate!r})"
