@@ -8,7 +8,7 @@ Sized for CPUs: a few hundred thousand to a few million parameters, most channel
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
