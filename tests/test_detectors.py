@@ -16,7 +16,7 @@ import torch
 from priorshift.detectors import Detector, NotFittedError, score_batches
 from priorshift.diffusion import CountingDenoiser
 from priorshift.registry import get, names
-from priorshift.types import Detector as DetectorProtocol
+from priorshift.types import DetectorProtocol
 from priorshift.types import Scores
 
 DETECTORS = names("detector")

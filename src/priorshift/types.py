@@ -1,6 +1,6 @@
 """The protocols every part of priorshift plugs into, and the frozen result types.
 
-Conventions (see ``DESIGN.md``):
+Conventions (the "Conventions" section of ``docs/decisions.md``):
 
 * images are ``(B, C, H, W)`` float tensors in **[-1, 1]**;
 * noise is VE / EDM form, ``x_sigma = x0 + sigma * n``; ``sigma`` is a ``(B,)`` tensor;
@@ -22,7 +22,7 @@ __all__ = [
     "Hook",
     "SampleResult",
     "Scores",
-    "Detector",
+    "DetectorProtocol",
 ]
 
 
@@ -138,9 +138,9 @@ class Scores:
 
 
 @runtime_checkable
-class Detector(Protocol):
-    """A distribution-shift detector. **Higher score = more shifted.** (Base class and the batched loop:
-    :mod:`priorshift.detectors.base`.)
+class DetectorProtocol(Protocol):
+    """A distribution-shift detector. **Higher score = more shifted.** (The base class that implements it,
+    :class:`priorshift.detectors.Detector`, and the batched loop: :mod:`priorshift.detectors.base`.)
 
     ``input_kind``: ``"measurements"`` (``y = A(x) + e``) or ``"images"`` (``(B, C, H, W)`` in [-1, 1]).
     ``fit(data, seed=...)``: calibrate on in-distribution data of that kind (a no-op where none is needed) and
@@ -150,6 +150,6 @@ class Detector(Protocol):
 
     input_kind: str
 
-    def fit(self, data: Tensor | None = None, *, seed: Any = 0) -> "Detector": ...
+    def fit(self, data: Tensor | None = None, *, seed: Any = 0) -> "DetectorProtocol": ...
 
     def score(self, data: Tensor, *, seed: Any = 0, hooks: Sequence[Hook] = ()) -> Scores: ...
