@@ -156,3 +156,20 @@ def test_fashion_mnist_prior_outputs_unchanged():
     assert y.sum().item() == pytest.approx(-359.4371360039804, rel=1e-5)
     assert y.abs().sum().item() == pytest.approx(1037.8776510811877, rel=1e-5)
     assert y.flatten()[:3].tolist() == pytest.approx([-0.46222925186157227, -0.6671774387359619, -0.7620155811309814], abs=1e-5)
+
+
+def test_train_cli_fine_tunes_a_prior_of_any_backbone(toy, data, tmp_path, capsys):
+    """``priorshift train --init`` takes the backbone and its config from the prior; UNet flags are refused for others."""
+    import numpy as np
+
+    from priorshift.cli import main
+
+    base = train(TrainConfig(name="toy", steps=1, batch_size=2, backbone=toy, network=ToyConfig()), data, tmp_path / "base", progress=False)
+    np.save(tmp_path / "imgs.npy", data.numpy())
+    argv = ["train", "--data", f"npy:{tmp_path / 'imgs.npy'}", "--image-size", "8", "--steps", "1", "--batch-size", "2",
+            "--init", str(base), "--no-grid", "--quiet"]
+    assert main([*argv, "--widths", "8,16", "--out", str(tmp_path / "bad")]) == 2
+    assert "--widths and --no-attention are UNet options; --init" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*argv, "--out", str(tmp_path / "tuned")]) == 0
+    tuned = load_prior(tmp_path / "tuned")
+    assert type(tuned.net) is ToyNet and tuned.config["architecture"] == "toy" and tuned.config["init"]["prior"] == str(base)
