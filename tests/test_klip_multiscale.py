@@ -6,7 +6,7 @@ import torch
 
 from priorshift.bench.klip_eval import multiscale_scores, score_set
 from priorshift.detectors import KLIP, KLIPMultiscale, NotFittedError
-from priorshift.detectors.klip_multiscale import equal_windows, window_features
+from priorshift.detectors.klip_multiscale import equal_windows, fit_windows, window_features, window_zscores
 
 
 def _data(det, n, seed):
@@ -57,6 +57,17 @@ def test_held_out_in_distribution_data_sit_near_zero():
     assert ((z.std(0) > 0.6) & (z.std(0) < 1.6)).all(), z.std(0)
     high = det.score(5.0 * y[:8], seed=list(range(8))).score
     assert high.min() > z.sum(1).max()
+
+
+def test_window_standardisation_by_hand():
+    # Two windows: calibration features (1, 10), (3, 10) → μ = (2, 10), unbiased s = (√2, 0 → floored to 0.5).
+    mean, std = fit_windows(torch.tensor([[1.0, 10.0], [3.0, 10.0]]), min_std=0.5)
+    torch.testing.assert_close(mean, torch.tensor([2.0, 10.0]))
+    torch.testing.assert_close(std, torch.tensor([2.0**0.5, 0.5]))
+    log_maps = torch.tensor([[[[2.0, 4.0]], [[10.0, 11.0]]]])  # (B=1, W=2, h=1, w=2)
+    z, block_map = window_zscores(log_maps, torch.tensor([[4.0, 11.0]]), mean, std)
+    torch.testing.assert_close(z, torch.tensor([[2 / 2**0.5, 2.0]]))
+    torch.testing.assert_close(block_map, torch.tensor([[[0.0, 2 / 2**0.5 + 2.0]]]))
 
 
 def test_bench_trace_scores_match_the_detector(fitted):

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from priorshift.detectors.base import score_batches
 from priorshift.detectors.klip import KLIP, aggregate_step_maps, image_score, spread_normalized, window_steps
-from priorshift.detectors.klip_multiscale import window_features
+from priorshift.detectors.klip_multiscale import fit_windows, window_features, window_zscores
 from priorshift.io import atomic_write, atomic_write_json
 from priorshift.metrics import block_auroc, ood_metrics
 
@@ -311,7 +311,6 @@ def ablation_settings(trace_id: Trace, trace_ood: Trace, masks, body_masks, *, b
     return out
 
 
-
 def _multiscale_features(t: Trace, ref: Trace, windows, block: int) -> tuple[Tensor, Tensor]:
     if block % ref.base_block:
         raise ValueError(f"block {block} is not a multiple of the traces' base block {ref.base_block}")
@@ -326,11 +325,9 @@ def multiscale_scores(trace_fit: Trace, traces: dict[str, Trace], *, windows, bl
     (:func:`~priorshift.detectors.klip_multiscale.window_features`, ``block`` a multiple of the traces' base block)
     standardised by their mean and standard deviation over ``trace_fit`` (in-distribution calibration), summed over
     windows. With ``maps=True`` each value is ``(score (N,), map (N, H/block, W/block))``, the detector's map."""
-    f = _multiscale_features(trace_fit, trace_fit, windows, block)[1]
-    mean, std = f.mean(0), f.std(0, unbiased=True).clamp_min(min_std)
+    mean, std = fit_windows(_multiscale_features(trace_fit, trace_fit, windows, block)[1], min_std)
     out = {}
     for name, t in traces.items():
-        log_maps, g = _multiscale_features(t, trace_fit, windows, block)
-        score = ((g - mean) / std).sum(1)
-        out[name] = (score, ((log_maps - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)).sum(1)) if maps else score
+        z, block_map = window_zscores(*_multiscale_features(t, trace_fit, windows, block), mean, std)
+        out[name] = (z.sum(1), block_map) if maps else z.sum(1)
     return out

@@ -38,7 +38,7 @@ from priorshift.registry import register
 from priorshift.samplers.plan import SamplingPlan
 from priorshift.types import Scores
 
-__all__ = ["KLIPMultiscale", "equal_windows", "window_features", "DEFAULT_WINDOWS", "DEFAULT_BLOCK"]
+__all__ = ["KLIPMultiscale", "equal_windows", "window_features", "fit_windows", "window_zscores", "DEFAULT_WINDOWS", "DEFAULT_BLOCK"]
 
 DEFAULT_WINDOWS = 5  # equal fifths of the schedule
 DEFAULT_BLOCK = 8  # KLIP's default block
@@ -66,6 +66,20 @@ def window_features(step_maps: Tensor, windows, n_steps: int, pool: int = 1) -> 
     log_maps = m.clamp_min(tiny).log()
     features = m.flatten(2).max(2).values.clamp_min(tiny).log()  # KLIP's image score (max over blocks) per window
     return log_maps, features
+
+
+def fit_windows(features: Tensor, min_std: float) -> tuple[Tensor, Tensor]:
+    """The in-distribution statistics ``(μ_w, s_w)``, each (W,), of calibration features (N, W): the mean and the
+    (unbiased) standard deviation over the N images, the latter floored at ``min_std``."""
+    return features.mean(0), features.std(0, unbiased=True).clamp_min(min_std)
+
+
+def window_zscores(log_maps: Tensor, features: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+    """The z-scores ``(f_w − μ_w) / s_w`` (B, W) of features (B, W) and the block map ``Σ_w (log map_w − μ_w) / s_w``
+    (B, h, w) of log maps (B, W, h, w); the image score is ``z.sum(1)``."""
+    z = (features - mean) / std
+    block_map = ((log_maps - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)).sum(1)
+    return z, block_map
 
 
 @register("detector", "klip-multiscale")
@@ -161,17 +175,14 @@ class KLIPMultiscale(Detector):
 
     def _fit(self, y: Tensor, *, seed) -> None:
         _, f, _ = self._features(y, seed, (), batch_size=self.fit_batch_size)
-        self.mean_ = f.mean(0)
-        self.std_ = f.std(0, unbiased=True).clamp_min(self.min_std)
+        self.mean_, self.std_ = fit_windows(f, self.min_std)
         self.n_fit_ = int(y.shape[0])
 
     def _score(self, y: Tensor, *, seed, hooks: tuple) -> Scores:
         """``score`` (B,) = Σ_w z_w; ``map`` (B, H/block, W/block) = the per-block sum; extras ``features`` (B, W) log
         window energies, ``z`` (B, W) their ID z-scores, ``windows``, and KLIP's ``kl_nats``, ``reconstruction``."""
         log_maps, f, s = self._features(y, seed, hooks)
-        mean, std = self.mean_.to(f), self.std_.to(f)
-        z = (f - mean) / std
-        block_map = ((log_maps - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)).sum(1)
+        z, block_map = window_zscores(log_maps, f, self.mean_.to(f), self.std_.to(f))
         return Scores(score=z.sum(1), map=block_map, nfe=s.nfe,
                       extras={"features": f, "z": z, "windows": self.windows, "kl_nats": s.extras["kl_nats"],
                               "reconstruction": s.extras["reconstruction"], "block": self.block, "nfe_per_image": s.extras["nfe_per_image"]})
