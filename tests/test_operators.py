@@ -206,6 +206,61 @@ def test_mri_mask_and_errors():
     assert float(op.A(torch.ones(1, 1, 16, 16))[0, 0, 8, 8, 0]) == pytest.approx(16.0)  # DC centred
 
 
+# -- per-image masks ------------------------------------------------------------------------------------
+REDRAWABLE = [n for n in NAMES if getattr(registry.get("operator", n).example(), "mask_family", None) is not None]
+
+
+def test_the_masked_operators_redraw():
+    assert {"inpainting", "mri"} <= set(REDRAWABLE)
+
+
+@pytest.mark.parametrize("name", REDRAWABLE)
+@pytest.mark.parametrize("size,channels", [(16, 1), (16, 3), (15, 3), (32, 1)])
+def test_per_image_masks_adjoint_pinv_and_batch(name, size, channels):
+    """One mask per image (``redraw``): the exact adjoint, the Penrose conditions, and image b measured alone
+    with its own mask equals row b of the batch."""
+    seeds = [5, 6, 7]
+    op = registry.get("operator", name).example(image_size=size, channels=channels).redraw(seeds, 3)
+    assert op.mask.shape[0] == 3 and not torch.equal(op.mask[0], op.mask[1])
+    x = _randn((3, channels, size, size))
+    y = _randn(tuple(op.A(x).shape), seed=1)
+    assert adjoint_error(op, x, y) < 1e-6
+    P = op.A_pinv
+    x2, y2 = _randn(x.shape, seed=5), _randn(y.shape, seed=6)
+    torch.testing.assert_close(op.A(P(op.A(x))), op.A(x))
+    torch.testing.assert_close(P(op.A(P(y))), P(y))
+    torch.testing.assert_close((op.A(P(y)) * y2).sum(), (y * op.A(P(y2))).sum())
+    torch.testing.assert_close((P(op.A(x)) * x2).sum(), (x * P(op.A(x2))).sum())
+    for b, s in enumerate(seeds):
+        one = op.redraw([s], 1)
+        assert torch.equal(one.mask.reshape(op.mask[b].shape), op.mask[b])  # a mask depends on its image's seed only
+        torch.testing.assert_close(one.A(x[b : b + 1]), op.A(x)[b : b + 1], rtol=0, atol=0)
+        torch.testing.assert_close(one.A_pinv(y[b : b + 1]), P(y)[b : b + 1], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="per-image masks|does not fit"):
+        op.A(x[:2])
+
+
+def test_redraw_draws_from_the_mask_generators():
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    inp = Inpainting.random(16, 0.3, block=4, noise_std=0.1).redraw([3, 4], 2)
+    assert inp.mask.shape == (2, 1, 16, 16) and inp.noise_std == 0.1
+    for b, s in enumerate([3, 4]):
+        assert torch.equal(inp.mask[b], random_block_mask(16, 4, 0.3, generator=g(s)))
+    mri = MRI.random(16, 4, 2).redraw([3, 4], 2)
+    assert mri.mask.shape == (2, 16, 16)
+    for b, s in enumerate([3, 4]):
+        assert torch.equal(mri.mask[b], cartesian_mask(16, 4, 2, generator=g(s)))
+    assert torch.equal(Inpainting.example().mask, random_pixel_mask(16, 0.5, generator=g(0)))  # same mask as before
+    with pytest.raises(ValueError, match="no mask family"):
+        Inpainting(torch.ones(8, 8)).redraw(0, 2)
+    with pytest.raises(ValueError, match="block = 3 must divide"):
+        Inpainting.random(16, 0.5, block=3)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        Inpainting.random(16, 1.5)
+    with pytest.raises(ValueError, match="center_lines"):
+        MRI.random(16, 4, 8)
+
+
 # -- CT -------------------------------------------------------------------------------------------------
 def test_ct_geometry_and_errors():
     op = ParallelBeamCT(16, 4)

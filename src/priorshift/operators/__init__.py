@@ -14,8 +14,9 @@ from priorshift.operators.deepinv_adapter import DeepinvOperator
 from priorshift.operators.downsample import Downsample
 from priorshift.operators.identity import Identity
 from priorshift.operators.inpainting import Inpainting
-from priorshift.operators.masks import box_mask, checkerboard_mask, random_block_mask, random_pixel_mask
-from priorshift.operators.mri import MRI, cartesian_mask
+from priorshift.operators.masks import BlockMasks, box_mask, checkerboard_mask, random_block_mask, random_pixel_mask
+from priorshift.operators.measure import back_project, measure
+from priorshift.operators.mri import MRI, CartesianMasks, cartesian_mask
 
 __all__ = [
     "LinearOperator",
@@ -33,6 +34,10 @@ __all__ = [
     "box_mask",
     "checkerboard_mask",
     "cartesian_mask",
+    "BlockMasks",
+    "CartesianMasks",
+    "measure",
+    "back_project",
     "gaussian_kernel",
     "radon_matrix",
 ]

@@ -7,28 +7,35 @@ from torch import Tensor
 
 from priorshift._checks import check_image, check_tensor
 from priorshift.operators.base import LinearOperator
-from priorshift.operators.masks import random_pixel_mask
+from priorshift.operators.masks import BlockMasks, RedrawMasks
 from priorshift.registry import register
 
 __all__ = ["Inpainting"]
 
 
 @register("operator", "inpainting")
-class Inpainting(LinearOperator):
+class Inpainting(RedrawMasks, LinearOperator):
     """``A x = m ⊙ x``, ``Aᵀ y = m ⊙ y``, ``A⁺ y = m ⊙ y`` (exact: ``m`` is an orthogonal projection).
 
     ``mask``: 0/1 tensor, **1 = observed**, shaped ``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)`` and
-    broadcastable to ``x`` without enlarging it (channel and batch dims 1 or equal to ``x``'s). Kept as
-    ``self.mask`` (float, on the device it was given on) for replacement / RePaint-style samplers; it is
-    moved to ``x``'s device and dtype on use. ``y`` has the shape of ``x``; its unobserved entries carry
-    only noise (``noise_std · n``) and no information about ``x``.
+    broadcastable to ``x`` without enlarging it (channel and batch dims 1 or equal to ``x``'s; ``(B, 1, H, W)``
+    is one mask per image). Kept as ``self.mask`` (float, on the device it was given on) for replacement /
+    RePaint-style samplers; it is moved to ``x``'s device and dtype on use. ``y`` has the shape of ``x``; its
+    unobserved entries carry only noise (``noise_std · n``) and no information about ``x``.
+
+    ``mask_family`` (a :class:`~priorshift.operators.masks.BlockMasks`, optional): the random masks ``mask``
+    is one draw of; :meth:`redraw` then gives a copy with one mask per image, each from its image's seed.
+    :meth:`random` builds such an operator.
     """
 
     name = "inpainting"
     pinv_is_exact = True
 
-    def __init__(self, mask: Tensor, noise_std: float = 0.0):
+    def __init__(self, mask: Tensor, noise_std: float = 0.0, *, mask_family: BlockMasks | None = None):
         super().__init__(noise_std)
+        if mask_family is not None and not isinstance(mask_family, BlockMasks):
+            raise ValueError(f"mask_family must be a BlockMasks, got {type(mask_family).__name__}")
+        self.mask_family = mask_family
         if isinstance(mask, Tensor) and mask.dtype == torch.bool:
             mask = mask.float()
         check_tensor(mask, "mask")
@@ -40,10 +47,16 @@ class Inpainting(LinearOperator):
         self._cache: dict = {}
 
     @classmethod
+    def random(cls, size, p: float, block: int = 1, *, noise_std: float = 0.0, seed: int = 0) -> "Inpainting":
+        """Random-block inpainting (:class:`~priorshift.operators.masks.BlockMasks`: ``block``-pixel tiles observed
+        with probability ``p``); its own mask ``(1, H, W)`` drawn from ``seed``, per-image ones by :meth:`redraw`."""
+        family = BlockMasks(p, block)
+        return cls(family.draw(size, [torch.Generator().manual_seed(int(seed))])[0], noise_std, mask_family=family)
+
+    @classmethod
     def example(cls, image_size: int = 16, channels: int = 1, noise_std: float = 0.05) -> "Inpainting":
-        """A small instance: a random-pixel mask, half the pixels observed, fixed seed 0."""
-        g = torch.Generator().manual_seed(0)
-        return cls(random_pixel_mask(image_size, 0.5, generator=g), noise_std=noise_std)
+        """A small instance: random pixels, half of them observed (the mask drawn from seed 0; redrawable)."""
+        return cls.random(image_size, 0.5, noise_std=noise_std)
 
     def _mask(self, t: Tensor) -> Tensor:
         # Cached per (device, dtype); refreshed when ``self.mask`` is replaced or modified in place.

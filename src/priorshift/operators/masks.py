@@ -3,16 +3,23 @@
 The leading singleton broadcasts over channels (and batch) in :class:`~priorshift.operators.Inpainting`.
 ``size`` is an ``int`` (square) or ``(H, W)``; ``generator`` is a ``torch.Generator`` or ``None`` (global RNG).
 Masks are built on the generator's device (CPU when ``generator`` is ``None``).
+
+Random masks drawn per image: a *mask family* (:class:`BlockMasks` here, ``CartesianMasks`` for MRI) says how
+one mask is drawn from a generator and what ``E[mask]`` is; an operator holding one (``mask_family``) gets
+:meth:`RedrawMasks.redraw`: a copy with one mask per image, each drawn from that image's own generator.
 """
 
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["random_pixel_mask", "random_block_mask", "box_mask", "checkerboard_mask", "as_size"]
+from priorshift.rng import per_image_rng
+
+__all__ = ["random_pixel_mask", "random_block_mask", "box_mask", "checkerboard_mask", "as_size", "BlockMasks", "RedrawMasks"]
 
 
 def as_size(size, name: str = "size") -> tuple[int, int]:
@@ -98,3 +105,66 @@ def checkerboard_mask(size, n_blocks: int, attempt: int = 0) -> Tensor:
     if attempt % 2 == 1:
         hidden = ~hidden
     return (~hidden).float().unsqueeze(0)
+
+
+@dataclass(frozen=True)
+class BlockMasks:
+    """The random inpainting masks of :func:`random_block_mask`: ``block × block`` tiles (``block = 1``: pixels,
+    as :func:`random_pixel_mask`), each observed independently with probability ``p`` in (0, 1]."""
+
+    p: float
+    block: int = 1
+
+    def __post_init__(self):
+        try:
+            ok = not isinstance(self.p, bool) and 0.0 < float(self.p) <= 1.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"p (the observation probability) must be a number in (0, 1], got {self.p!r}")
+        if isinstance(self.block, bool) or not isinstance(self.block, numbers.Integral) or self.block < 1:
+            raise ValueError(f"block (the tile size in pixels) must be an integer >= 1, got {self.block!r}")
+        object.__setattr__(self, "p", float(self.p))
+        object.__setattr__(self, "block", int(self.block))
+
+    def check(self, size) -> tuple[int, int]:
+        """``(H, W)``, or a ``ValueError`` unless ``block`` divides both."""
+        h, w = as_size(size)
+        if h % self.block or w % self.block:
+            raise ValueError(f"block = {self.block} must divide the image size {h}×{w}")
+        return h, w
+
+    def draw(self, size, generators) -> Tensor:
+        """One mask per generator, ``(len(generators), 1, H, W)`` float32 on their device; mask ``b`` equals
+        ``random_block_mask(size, block, p, generator=generators[b])``."""
+        h, w = self.check(size)
+        u = torch.stack([torch.rand((1, h // self.block, w // self.block), generator=g, device=g.device) for g in generators])
+        return (u < self.p).float().repeat_interleave(self.block, dim=-2).repeat_interleave(self.block, dim=-1)
+
+    def probability(self, size) -> Tensor:
+        """``E[mask]``: ``p`` at every pixel, ``(1, H, W)`` float64."""
+        h, w = self.check(size)
+        return torch.full((1, h, w), self.p, dtype=torch.float64)
+
+
+class RedrawMasks:
+    """Mixin for an operator with a 0/1 ``mask`` (its last two dims the image size), ``noise_std`` and an optional
+    ``mask_family``; its constructor takes ``(mask, noise_std, mask_family=...)``."""
+
+    mask_family = None
+
+    def redraw(self, seed, batch_size: int, device=None):
+        """A copy of this operator with one mask per image, ``(B, ...)``, drawn from ``mask_family``: image ``b``'s
+        mask from its own generator (``seed`` as in :func:`priorshift.rng.per_image_rng`: an int ``s`` gives
+        image ``b`` seed ``s + b``; a list, one seed per image; a ``PerImageGenerator`` is drawn from and left
+        where it stands, so measurement noise drawn next from it continues the same per-image streams). The
+        masks do not depend on the batch size; they are built on the generators' device (``device``, default
+        CPU, unless ``seed`` is a ``PerImageGenerator``)."""
+        if self.mask_family is None:
+            raise ValueError(
+                f"this {type(self).__name__} operator holds a fixed mask and no mask family to redraw from; build it with "
+                f"{type(self).__name__}.random(...) or pass mask_family="
+            )
+        rng = per_image_rng(seed, batch_size, "cpu" if device is None else device)
+        masks = self.mask_family.draw(tuple(self.mask.shape[-2:]), rng.generators)
+        return type(self)(masks, self.noise_std, mask_family=self.mask_family)
