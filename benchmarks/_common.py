@@ -1,15 +1,30 @@
-"""Helpers shared by the benchmark scripts: best-of-N timing, a hardware line, writing the results table."""
+"""Helpers shared by the benchmark scripts: best-of-N timing, a hardware line, number formatting, writing the results table,
+and the KLIP experiments' tasks, Fashion-MNIST sets and measurement domains."""
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from priorshift.data import LabeledSet, fashion_mnist, healthy_set, insert_scar, insert_star, lesion_set, star_set
 from priorshift.io import atomic_write
+from priorshift.operators.spec import operator_from_spec
+from priorshift.tasks import get_task
+
+KLIP_TASKS = ("ct", "fmnist-blur", "fmnist-inpaint")
+"""The tasks of the KLIP experiments (benchmarks/klip_experiment.py, dps_step.py)."""
+
+DOMAINS = {  # the measurement domains of the KLIP detection benchmarks (klip_detects, klip_multiscale)
+    "identity": "identity:noise=0.02",
+    "fmnist-inpaint": "task:fmnist-inpaint",
+    "fmnist-blur": "task:fmnist-blur",
+    "inpaint50": "inpaint:p=0.5,noise=0.02,seed=0",
+}
 
 
 def best_time(fn, repeats: int) -> float:
@@ -43,3 +58,60 @@ def write_results(out: Path, name: str, lines: list[str], data) -> str:
     atomic_write(out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1, default=float)))
     print(text)
     return text
+
+
+def fmt(v, digits: int = 3) -> str:
+    """``v`` with ``digits`` decimals; "—" for None or NaN."""
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def fmnist_sets(n_tune: int, n_eval: int) -> dict[str, LabeledSet]:
+    """The Fashion-MNIST sets of the KLIP experiments: ID tuning/evaluation garments, stars (tuning and evaluation)
+    and scars (evaluation) inserted into garments, with their ground-truth masks."""
+    x = fashion_mnist("test")
+    x = x[(x[:, 0] > -0.5).flatten(1).sum(1) >= 120]  # garments large enough to hold an insertion (all sets alike)
+    sizes = {"tune_id": n_tune, "tune_ood": n_tune, "eval_id": n_eval, "eval_star": n_eval, "eval_scar": n_eval}
+    out, start = {}, 0
+    for name, n in sizes.items():
+        imgs = x[start : start + n].clone()
+        start += n
+        garment = imgs[:, 0] > -0.5
+        if name in ("tune_ood", "eval_star"):
+            imgs, masks = insert_star(imgs, garment, size=3.0, intensity=1.0, seed=[1000 * (name == "eval_star") + i for i in range(n)])
+        elif name == "eval_scar":
+            imgs, masks = insert_scar(imgs, garment, width=1.0, length=9.0, intensity=1.0, seed=list(range(n)))
+        else:
+            masks = torch.zeros(n, 32, 32, dtype=torch.bool)
+        out[name] = LabeledSet(imgs, masks, torch.ones(n, 32, 32, dtype=torch.bool))
+    return out
+
+
+def task_config(task: str, n_tune: int, n_eval: int):
+    """A KLIP experiment task (one of :data:`KLIP_TASKS`): its prior, operator, labelled sets, blocks and figure settings."""
+    if task not in KLIP_TASKS:
+        raise SystemExit(f"unknown task {task!r}; choose ct, fmnist-blur or fmnist-inpaint")
+    defn = get_task(task)
+    op = defn.make_operator()
+    common = dict(prior=defn.prior, operator=op, base_block=defn.base_block, description=defn.description)
+    if task == "ct":
+        contrast = defn.extra["lesion_contrast"]
+        sets = {
+            "tune_id": healthy_set(n_tune, seed=20_001),
+            "tune_ood": star_set(n_tune, seed=20_002),
+            "eval_id": healthy_set(n_eval, seed=20_003),
+            "eval_lesion": lesion_set(n_eval, seed=20_004, contrast=contrast),
+            "eval_star": star_set(n_eval, seed=20_005),
+        }
+        contrasts = (-0.05, -0.1, -0.15, -0.2, -0.3)
+        for c in contrasts:
+            if c != contrast:
+                sets[f"lesion_{c:+.2f}"] = lesion_set(n_eval, seed=20_004, contrast=c)
+        return dict(common, sets=sets, blocks=(2, 4, 8, 16, 32), contrasts=contrasts, measurement=lambda y: op.fbp(y, filter="hann"),
+                    measurement_title=f"FBP ({op.n_views} views)", main_ood="eval_lesion")
+    show, title = ((lambda y: y), "blurred y") if task == "fmnist-blur" else (op.A_pinv, "masked y")  # the blurred image itself; the masked image
+    return dict(common, sets=fmnist_sets(n_tune, n_eval), blocks=(2, 4, 8, 16), contrasts=(), measurement=show, measurement_title=title, main_ood="eval_star")
+
+
+def domain_operator(spec: str):
+    """The operator of a :data:`DOMAINS` spec: ``task:NAME`` (that task's operator) or an operator spec on 32×32 images."""
+    return get_task(spec[5:]).make_operator() if spec.startswith("task:") else operator_from_spec(spec, 32)

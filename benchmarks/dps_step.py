@@ -12,8 +12,7 @@ import argparse
 import time
 
 import torch
-from _common import emit, hardware
-from klip_experiment import task_config
+from _common import emit, hardware, task_config
 
 from priorshift import load_prior
 from priorshift.diffusion import schedule_for

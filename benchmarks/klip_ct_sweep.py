@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -45,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from _common import write_results
+from _common import fmt, write_results
 
 from priorshift import load_prior
 from priorshift.bench.klip_eval import STEP_WEIGHTINGS, Setting, Trace, load_or_score, multiscale_scores, tune
@@ -56,10 +55,6 @@ from priorshift.detectors.klip_multiscale import equal_windows
 from priorshift.metrics import block_auroc, ood_metrics
 from priorshift.metrics.ood import auroc_standard_error, paired_rate
 from priorshift.tasks import get_task
-
-
-def _fmt(v, d=3):
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
 
 
 def _figure(rows: list[dict], path: Path, title: str) -> None:
@@ -203,8 +198,8 @@ def main(argv=None) -> int:
              "| σ_y | signal | score | paired | AUROC | FPR@95 | block AUROC (any) | block AUROC (all) | NFE / image |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['noise']:g} | {r['signal']:.1f} | {r['score']} | {r['paired']:.2f} ± {r['paired_se']:.2f} | {_fmt(r['auroc'])} ± {_fmt(r['auroc_se'])} | "
-                     f"{_fmt(r['fpr95'])} | {_fmt(r['block_auroc_any'])} | {_fmt(r['block_auroc_all'])} | {r['nfe_per_image']:.0f} |")
+        lines.append(f"| {r['noise']:g} | {r['signal']:.1f} | {r['score']} | {r['paired']:.2f} ± {r['paired_se']:.2f} | {fmt(r['auroc'])} ± {fmt(r['auroc_se'])} | "
+                     f"{fmt(r['fpr95'])} | {fmt(r['block_auroc_any'])} | {fmt(r['block_auroc_all'])} | {r['nfe_per_image']:.0f} |")
     lines += ["", f"Settings: library default = {settings['KLIP, library default'].label()}; ct task = {settings['KLIP, ct task (star-tuned for DPS)'].label()}.", "",
               f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; {time.perf_counter() - t_all:.0f} s "
               "(cached traces are not re-sampled).", "", f"Command: `python benchmarks/klip_ct_sweep.py --out {args.out} --n {args.n} --noise {args.noise} --contrast {args.contrast:g}"

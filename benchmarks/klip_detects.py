@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -46,38 +45,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from klip_experiment import _fmnist_sets  # noqa: E402  (the star tuning split of the KLIP experiments)
+from _common import DOMAINS, domain_operator, fmnist_sets, fmt, write_results  # noqa: E402
 
 from priorshift import load_prior  # noqa: E402
 from priorshift.bench.klip_eval import STEP_WEIGHTINGS, Setting, Trace, evaluate, load_or_score, tune, tune_joint  # noqa: E402
 from priorshift.data import load_dataset  # noqa: E402
 from priorshift.detectors import KLIP, MeasurementNorm  # noqa: E402
-from _common import write_results  # noqa: E402
 from priorshift.metrics import ood_metrics  # noqa: E402
 from priorshift.metrics.ood import auroc_standard_error  # noqa: E402
-from priorshift.operators.spec import operator_from_spec  # noqa: E402
-from priorshift.tasks import get_task  # noqa: E402
 
-DOMAINS = {
-    "identity": "identity:noise=0.02",
-    "fmnist-inpaint": "task:fmnist-inpaint",
-    "fmnist-blur": "task:fmnist-blur",
-    "inpaint50": "inpaint:p=0.5,noise=0.02,seed=0",
-}
 BLOCKS = (2, 4, 8, 16)
-
-
-def _operator(spec: str):
-    return get_task(spec[5:]).make_operator() if spec.startswith("task:") else operator_from_spec(spec, 32)
 
 
 def _row(name: str, s_id, s_ood, nfe: float | None, chosen: str) -> dict:
     m = ood_metrics(s_id, s_ood)
     return {"method": name, **m, "auroc_se": auroc_standard_error(m["auroc"], m["n_id"], m["n_ood"]), "nfe_per_image": nfe, "chosen": chosen}
-
-
-def _fmt(v, d=3):
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
 
 
 def main(argv=None) -> int:
@@ -97,7 +79,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     (out / "traces").mkdir(parents=True, exist_ok=True)
     prior = load_prior("fashion-mnist-32")
-    sets = _fmnist_sets(args.n_tune, 48)  # only its star tuning split is used here (the first images; n_eval does not move it)
+    sets = fmnist_sets(args.n_tune, 48)  # only its star tuning split is used here (the first images; n_eval does not move it)
     mnist = load_dataset("mnist", split="test", n=args.n_eval)
     garments = load_dataset("fashion-mnist", split="test", n=7000 + args.n_eval)
     eval_id, calib = garments[6000:6000 + args.n_eval], garments[7000:7000 + args.n_eval]
@@ -110,7 +92,7 @@ def main(argv=None) -> int:
     constant = torch.zeros(4, 1, 32, 32)
     plan = {"sampler": "pigdm", "steps": args.steps}
     klip_kwargs = dict(plan=plan, samples=args.samples)
-    default = KLIP(prior, _operator("identity:noise=0.02"), **klip_kwargs)
+    default = KLIP(prior, domain_operator("identity:noise=0.02"), **klip_kwargs)
     default_setting = Setting(tuple(default.window), default.block)
     lines = ["# KLIP detects: Fashion-MNIST vs MNIST and gross shifts (default ΠGDM likelihood step)", "",
              f"Prior fashion-mnist-32. ΠGDM without the Jacobian, {args.steps} Karras steps, S = {args.samples} posterior samples. "
@@ -122,7 +104,7 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     for dom in args.domains.split(","):
         spec = DOMAINS[dom]
-        op = _operator(spec)
+        op = domain_operator(spec)
         inputs = {
             "tune_id": op(sets["tune_id"].images, seed=[1_000_000 + i for i in range(args.n_tune)]),
             "tune_star": op(sets["tune_ood"].images, seed=[2_000_000 + i for i in range(args.n_tune)]),
@@ -181,8 +163,8 @@ def main(argv=None) -> int:
         best_trivial = max(rows[-1]["auroc"], rows[-2]["auroc"])
         lines += [f"## {dom}: `{spec}`", "", "| method | AUROC | FPR@95 | AUPR-in | AUPR-out | NFE / image | settings chosen by |", "|---|---:|---:|---:|---:|---:|---|"]
         for r in rows:
-            lines.append(f"| {r['method']} | {_fmt(r['auroc'])} ± {_fmt(r['auroc_se'])} | {_fmt(r['fpr95_ood_positive'])} | {_fmt(r['aupr_in'])} | "
-                         f"{_fmt(r['aupr_out'])} | {_fmt(r['nfe_per_image'], 0)} | {r['chosen']} |")
+            lines.append(f"| {r['method']} | {fmt(r['auroc'])} ± {fmt(r['auroc_se'])} | {fmt(r['fpr95_ood_positive'])} | {fmt(r['aupr_in'])} | "
+                         f"{fmt(r['aupr_out'])} | {fmt(r['nfe_per_image'], 0)} | {r['chosen']} |")
         per_block = {b: evaluate(Setting(tuned.window, b), traces["eval_id_all"], traces["mnist"])["auroc"] for b in (*BLOCKS, None)}
         mid = {b: evaluate(Setting((0.3, 0.65), b), traces["eval_id_all"], traces["mnist"])["auroc"] for b in (*BLOCKS, None)}
         lines += ["", "Diagnostic, not a result (chosen by looking at MNIST in an exploratory run): the mid window (0.30, 0.65), every block: "
@@ -200,7 +182,7 @@ def main(argv=None) -> int:
         for label, sc in [*((f"KLIP, {k}", v) for k, v in scores.items()), ("whole-image KL", full), ("‖y‖² (raw)", norm), ("measurement-norm", fitted)]:
             vals = [ood_metrics(sc["eval_id_all"], sc[c])["auroc"] for c in ("scaled_x5", "white_noise", "constant")]
             shift_table[label] = vals
-            lines.append(f"| {label} | {_fmt(vals[0])} | {_fmt(vals[1])} | {_fmt(vals[2])} |")
+            lines.append(f"| {label} | {fmt(vals[0])} | {fmt(vals[1])} | {fmt(vals[2])} |")
         lines.append("")
         summary[dom] = {"spec": spec, "rows": rows, "tuned": {"window": tuned.window, "block": tuned.block, "tuning_auroc": tune_res["auroc"]},
                         "joint_tuned": {"window": tuned_joint.window, "block": tuned_joint.block, "tuning_aurocs": tune_joint_res["aurocs"]},

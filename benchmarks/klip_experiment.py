@@ -19,69 +19,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import KLIP_TASKS, fmt, task_config
 
 from priorshift import load_prior
 from priorshift.detectors.klip import image_score
 from priorshift.bench.figures import contrast_figure, heatmap_figure, roc_figure, step_curve_figure
-from priorshift.bench.klip_eval import VARIANT_NAMES, Setting, Trace, ablation_settings, evaluate, load_or_score, tune
-from priorshift.data import LabeledSet, fashion_mnist, healthy_set, insert_scar, insert_star, lesion_set, star_set
+from priorshift.bench.klip_eval import VARIANT_NAMES, Trace, ablation_settings, evaluate, load_or_score
+from priorshift.data import LabeledSet
 from priorshift.io import atomic_write_json
 from priorshift.tasks import get_task
 
 # The measurement setups and the DPS step ζ per task live in priorshift.tasks (ζ: the smallest within 0.2 dB of
 # the best reconstruction PSNR on ID tuning images, benchmarks/dps_step.py; results/dps-step-*.md).
-ZETA = {name: get_task(name).extra["dps_zeta"] for name in ("ct", "fmnist-blur", "fmnist-inpaint")}
-
-
-def _fmnist_sets(n_tune: int, n_eval: int, kind_seed: int = 0) -> dict[str, LabeledSet]:
-    x = fashion_mnist("test")
-    x = x[(x[:, 0] > -0.5).flatten(1).sum(1) >= 120]  # garments large enough to hold an insertion (all sets alike)
-    sizes = {"tune_id": n_tune, "tune_ood": n_tune, "eval_id": n_eval, "eval_star": n_eval, "eval_scar": n_eval}
-    out, start = {}, 0
-    for name, n in sizes.items():
-        imgs = x[start : start + n].clone()
-        start += n
-        garment = imgs[:, 0] > -0.5
-        if name in ("tune_ood", "eval_star"):
-            imgs, masks = insert_star(imgs, garment, size=3.0, intensity=1.0, seed=[1000 * (name == "eval_star") + i for i in range(n)])
-        elif name == "eval_scar":
-            imgs, masks = insert_scar(imgs, garment, width=1.0, length=9.0, intensity=1.0, seed=list(range(n)))
-        else:
-            masks = torch.zeros(n, 32, 32, dtype=torch.bool)
-        out[name] = LabeledSet(imgs, masks, torch.ones(n, 32, 32, dtype=torch.bool))
-    return out
-
-
-def task_config(task: str, n_tune: int, n_eval: int):
-    if task not in ZETA:
-        raise SystemExit(f"unknown task {task!r}; choose ct, fmnist-blur or fmnist-inpaint")
-    defn = get_task(task)
-    op = defn.make_operator()
-    common = dict(prior=defn.prior, operator=op, base_block=defn.base_block, description=defn.description)
-    if task == "ct":
-        contrast = defn.extra["lesion_contrast"]
-        sets = {
-            "tune_id": healthy_set(n_tune, seed=20_001),
-            "tune_ood": star_set(n_tune, seed=20_002),
-            "eval_id": healthy_set(n_eval, seed=20_003),
-            "eval_lesion": lesion_set(n_eval, seed=20_004, contrast=contrast),
-            "eval_star": star_set(n_eval, seed=20_005),
-        }
-        contrasts = (-0.05, -0.1, -0.15, -0.2, -0.3)
-        for c in contrasts:
-            if c != contrast:
-                sets[f"lesion_{c:+.2f}"] = lesion_set(n_eval, seed=20_004, contrast=c)
-        return dict(common, sets=sets, blocks=(2, 4, 8, 16, 32), contrasts=contrasts, measurement=lambda y: op.fbp(y, filter="hann"),
-                    measurement_title=f"FBP ({op.n_views} views)", main_ood="eval_lesion")
-    show, title = ((lambda y: y), "blurred y") if task == "fmnist-blur" else (op.A_pinv, "masked y")  # the blurred image itself; the masked image
-    return dict(common, sets=_fmnist_sets(n_tune, n_eval), blocks=(2, 4, 8, 16), contrasts=(), measurement=show, measurement_title=title, main_ood="eval_star")
+ZETA = {name: get_task(name).extra["dps_zeta"] for name in KLIP_TASKS}
 
 
 def load_or_score_set(path: Path, prior, op, ls: LabeledSet, seed_base: int, klip_kwargs: dict, base_block: int) -> Trace:
@@ -98,10 +54,6 @@ def load_or_score_set(path: Path, prior, op, ls: LabeledSet, seed_base: int, kli
         print(f"\r  {path.stem}: {done}/{total} images ({time.perf_counter() - t0:.0f}s)", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
     return load_or_score(path, prior, op, y, seed=[seed_base + 500_000 + i for i in range(n)], base_block=base_block, key=key, progress=progress, **klip_kwargs)
-
-
-def fmt(v, digits=3):
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
 def main():
@@ -155,8 +107,8 @@ def main():
         f"Prior `{cfg['prior']}`; {cfg['description']}. Sampler `{args.sampler}` {sampler_params or ''}, {args.steps} steps "
         f"(Karras ρ = 7, σ ∈ [{float(tid.sigmas[-2]):.3g}, {float(tid.sigmas[0]):.3g}]), S = {args.samples} posterior samples, map normalized by g (VE), mean of squares.",
         f"Sets: tuning {args.n_tune} ID + {args.n_tune} star; evaluation {args.n_eval} ID + {args.n_eval} per OOD type (disjoint images, seeds and noise).",
-        f"Block and window tuned on the star **tuning** split only (dataset-level objective: AUROC of the max over blocks; image-level: mean block AUROC), "
-        f"then fixed. OOD = positive class; FPR@95 (OOD+) = fraction of ID flagged when 95% of OOD are caught; (ID+) = fraction of OOD passed when 95% of ID are kept.",
+        "Block and window tuned on the star **tuning** split only (dataset-level objective: AUROC of the max over blocks; image-level: mean block AUROC), "
+        "then fixed. OOD = positive class; FPR@95 (OOD+) = fraction of ID flagged when 95% of OOD are caught; (ID+) = fraction of OOD passed when 95% of ID are kept.",
         "",
         "## Main results",
         "",

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from klip_detects import DOMAINS, _operator  # noqa: E402
+from _common import DOMAINS, domain_operator, write_results  # noqa: E402
 
 from priorshift import load_prior  # noqa: E402
 from priorshift.bench.klip_eval import Setting, Trace, load_or_score, multiscale_scores  # noqa: E402
@@ -42,15 +42,10 @@ from priorshift.data import load_dataset  # noqa: E402
 from priorshift.detectors import KLIP, KLIPMultiscale, MeasurementNorm  # noqa: E402
 from priorshift.detectors.klip import image_score  # noqa: E402
 from priorshift.detectors.klip_multiscale import equal_windows, window_features  # noqa: E402
-from _common import write_results  # noqa: E402
 from priorshift.metrics import ood_metrics  # noqa: E402
 from priorshift.metrics.ood import auroc_standard_error  # noqa: E402
 
 MID_WINDOW = (0.30, 0.65)  # found on MNIST in the exploration run (klip-detects); tested fairly here
-
-
-def _fmt(v, d=3):
-    return "—" if v is None else f"{v:.{d}f}"
 
 
 def _metrics(s_id, s_ood) -> dict:
@@ -117,9 +112,9 @@ def main(argv=None) -> int:
     white = torch.randn(ns, 1, 32, 32, generator=torch.Generator().manual_seed(18))
     constant = torch.zeros(4, 1, 32, 32)
     klip_kwargs = dict(plan={"sampler": "pigdm", "steps": args.steps}, samples=args.samples)
-    detector = KLIPMultiscale(prior, _operator("identity:noise=0.02"), **klip_kwargs)  # the recipe's defaults: windows and block
+    detector = KLIPMultiscale(prior, domain_operator("identity:noise=0.02"), **klip_kwargs)  # the recipe's defaults: windows and block
     windows, block = detector.windows, detector.block
-    default = KLIP(prior, _operator("identity:noise=0.02"), **klip_kwargs)
+    default = KLIP(prior, domain_operator("identity:noise=0.02"), **klip_kwargs)
     explore_runs = [Path(p) for p in args.explore.split(",") if p]
     explore_json = {p: json.loads((p / "results.json").read_text()) if (p / "results.json").exists() else {} for p in explore_runs}
     t_all = time.perf_counter()
@@ -132,7 +127,7 @@ def main(argv=None) -> int:
     sampling_s = 0.0
     for dom in domains:
         spec = DOMAINS[dom]
-        op = _operator(spec)
+        op = domain_operator(spec)
         inputs = {"calib": op(calib, seed=[11_000_000 + i for i in range(nc)]),
                   "eval_id": op(eval_id, seed=[12_000_000 + i for i in range(n)]),
                   "mnist": op(mnist, seed=[13_000_000 + i for i in range(n)])}
