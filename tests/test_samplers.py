@@ -241,3 +241,55 @@ def test_sampler_bad_input(gauss8):
         sample_dps(gauss8, op, y, sigmas, seed=[1, 2, 3])
     with pytest.raises(ValueError, match="posterior denoiser"):
         sample_exact(lambda x, s: x, op, y, sigmas)
+
+
+def test_dps_official_options(gauss8):
+    # The official KLIP DDPM backend's DPS details (sample_dps docstring), checked on their closed forms at step 0.
+    op, y = _tiny(gauss8, "inpainting")
+    sigmas = karras_sigmas(4, 0.01, 20.0)
+
+    def first_step(**params):
+        states = []
+        sample_dps(gauss8, op, y, sigmas, samples=3, seed=[5, 6], hooks=[states.append], jacobian=False, **params)
+        return states[0]
+
+    own, shared = first_step(), first_step(residual_norm="sample_mean")
+    r_norm = (y[:, None] - op.A(own.x0_hat.flatten(0, 1)).reshape(own.x0_hat.shape)).flatten(2).norm(dim=2)  # (B, S) ‖r_s‖
+    ratio = shared.likelihood_update.flatten(2).norm(dim=2) / own.likelihood_update.flatten(2).norm(dim=2)
+    assert torch.allclose(ratio, r_norm / r_norm.mean(1, keepdim=True), rtol=1e-10)  # ζ/mean_s‖r_s‖ instead of ζ/‖r_s‖
+    vp = first_step(init="vp")
+    assert torch.allclose(vp.x, own.x * math.sqrt(1 + 20.0**2) / 20.0, rtol=1e-12)  # x_T = sqrt(1 + σ_0²) n
+    # Clipping x̂0 + Δx_l changes nothing while it stays inside [-1, 1] (small steps near the data), and acts otherwise.
+    near = karras_sigmas(4, 0.01, 0.5)
+    small = dict(samples=2, seed=[5, 6], jacobian=False, zeta=1e-3)
+    assert torch.allclose(sample_dps(gauss8, op, y, near, clip_x0=True, **small).x0, sample_dps(gauss8, op, y, near, **small).x0, atol=1e-12)
+    big = dict(samples=2, seed=[5, 6], jacobian=False, zeta=3.0)
+    assert not torch.allclose(sample_dps(gauss8, op, y, sigmas, clip_x0=True, **big).x0, sample_dps(gauss8, op, y, sigmas, **big).x0)
+    for bad, match in (({"residual_norm": "batch"}, "residual_norm"), ({"init": "vp0"}, "init")):
+        with pytest.raises(ValueError, match=match):
+            sample_dps(gauss8, op, y, sigmas, **bad)
+
+
+def test_ddpm_schedule_and_official_weight(gauss8):
+    from priorshift.diffusion import VPDenoiser, ddpm_sigmas
+    from priorshift.diffusion.schedules import ddpm_step_weights
+    from priorshift.samplers import SamplingPlan
+
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)  # diffusers' default linear schedule
+    ac = torch.cumprod(1 - betas, 0)
+    D = VPDenoiser(lambda x, t: torch.zeros_like(x), ac, betas=betas)
+    sigmas = SamplingPlan("dps", steps=20, schedule="ddpm").sigmas(CountingDenoiser(D))
+    t = torch.arange(950, -1, -50)  # DDPMScheduler.set_timesteps(20), leading spacing
+    assert torch.equal(sigmas, torch.cat([((1 - ac[t]) / ac[t]).sqrt(), torch.zeros(1, dtype=torch.float64)]))
+    assert torch.equal(sigmas, ddpm_sigmas(ac, 20)[0])
+    # The official weight sqrt(β_t) on the VP update is sqrt(β_t / ᾱ_t) on the VE one; without betas it comes from
+    # ᾱ alone (β_t/ᾱ_t = σ_t² − σ_{t−1}²), exact in float64.
+    w = ddpm_step_weights(D, sigmas)
+    assert torch.allclose(w, (betas[t] / ac[t]).sqrt(), rtol=1e-12)
+    assert torch.allclose(ddpm_step_weights(VPDenoiser(D.model, ac), sigmas), w, rtol=1e-9)
+    with pytest.raises(ValueError, match="DDPM prior"):
+        SamplingPlan("dps", steps=20, schedule="ddpm").sigmas(gauss8)
+    with pytest.raises(ValueError, match="sigma_min and sigma_max unset"):
+        SamplingPlan("dps", steps=20, schedule="ddpm", sigma_min=0.1)
+    with pytest.raises(ValueError, match="betas has shape"):
+        VPDenoiser(D.model, ac, betas=betas[:10])

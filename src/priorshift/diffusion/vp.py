@@ -26,7 +26,8 @@ class VPDenoiser:
     ``timestep``: ``"interpolate"`` passes the fractional timestep whose σ (interpolated in log σ) equals the
     input σ — exact for any σ in range; ``"nearest"`` passes the integer timestep with the closest σ — exact
     on the model's own grid (use :func:`priorshift.diffusion.ddpm_sigmas` to sample on it).
-    ``data_range``: the range the model was trained on (diffusers models: (-1, 1)).
+    ``data_range``: the range the model was trained on (diffusers models: (-1, 1)). ``betas``: the scheduler's
+    ``β_t`` (T,), optional and kept as ``self.betas`` (float64); only KLIP's official DDPM weight reads them.
     ``model`` receives ``x_t`` in the input's dtype and ``t`` as a float tensor of that dtype (interpolate)
     or a long tensor (nearest); it must return a tensor shaped like ``x_t``.
     """
@@ -39,6 +40,7 @@ class VPDenoiser:
         prediction_type: str = "epsilon",
         timestep: str = "interpolate",
         data_range: Sequence[float] = (-1.0, 1.0),
+        betas=None,
     ):
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"unknown prediction_type {prediction_type!r}; choose epsilon, v_prediction or sample")
@@ -49,6 +51,9 @@ class VPDenoiser:
         if not bool((self.sigmas[1:] > self.sigmas[:-1]).all()):
             raise ValueError("alphas_cumprod must be strictly decreasing")
         self.log_sigmas = self.sigmas.log()
+        self.betas = None if betas is None else torch.as_tensor(betas, dtype=torch.float64).cpu()
+        if self.betas is not None and self.betas.shape != self.sigmas.shape:
+            raise ValueError(f"betas has shape {tuple(self.betas.shape)}, alphas_cumprod {tuple(self.sigmas.shape)}; give one of each per timestep")
         self.prediction_type = prediction_type
         self.timestep = timestep
         self.data_range = tuple(float(v) for v in data_range)
@@ -94,4 +99,5 @@ def from_diffusers(unet, scheduler, *, timestep: str = "interpolate", data_range
         t = t.to(unet.dtype) if t.is_floating_point() else t
         return unet(x_t.to(unet.dtype), t).sample
 
-    return VPDenoiser(model, scheduler.alphas_cumprod, prediction_type=prediction_type, timestep=timestep, data_range=data_range)
+    return VPDenoiser(model, scheduler.alphas_cumprod, prediction_type=prediction_type, timestep=timestep, data_range=data_range,
+                      betas=getattr(scheduler, "betas", None))

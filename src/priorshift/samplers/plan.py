@@ -29,7 +29,8 @@ _RESERVED = {"denoiser", "operator", "y", "sigmas", "samples", "seed", "hooks", 
 @dataclass(frozen=True)
 class SamplingPlan:
     """``sampler`` (a registered name) with its ``params``, ``steps`` on a ``schedule`` ("karras" or "ve")
-    between ``sigma_min`` and ``sigma_max`` (``None``: the prior's own range, see :meth:`sigmas`).
+    between ``sigma_min`` and ``sigma_max`` (``None``: the prior's own range, see :meth:`sigmas`), or on
+    ``"ddpm"``: a DDPM prior's own timesteps, leading spacing as diffusers' ``DDPMScheduler`` (σ range unset).
 
     Validated on construction: an unknown sampler, schedule or sampler parameter raises a ``ValueError``
     naming the choices.
@@ -52,6 +53,8 @@ class SamplingPlan:
             v = getattr(self, name)
             if v is not None and not float(v) > 0:
                 raise ValueError(f"{name} must be > 0, got {v}")
+        if self.schedule == "ddpm" and (self.sigma_min is not None or self.sigma_max is not None):
+            raise ValueError("schedule 'ddpm' takes its noise levels from the prior's timesteps; leave sigma_min and sigma_max unset")
         if self.sigma_min is not None and self.sigma_max is not None and not self.sigma_min < self.sigma_max:
             raise ValueError(f"need sigma_min < sigma_max, got {self.sigma_min} and {self.sigma_max}")
         accepted = {
