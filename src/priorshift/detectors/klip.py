@@ -28,11 +28,11 @@ the step discretizes (the paper's song22 backend; proportional to the KL density
 time); ``"kl"`` — each step weighted by its share of the KL integral, ``u_k = Δx_k sqrt(σ_k² w_k) / (g_k² Δt_k)``
 (preferable for non-uniform schedules such as Karras'; then ``map × n_window_steps`` is each block's KL in
 nats and sums over blocks to ``kl_nats``); ``"sigma_power"`` — ``σ^p`` (the paper's PaDIS backend, p = 0.5);
-``"none"``. The official DDPM backend divides by ``sqrt(β_t)`` of the VP schedule; in VE coordinates that is
-a different weighting of the window's steps — use ``"kl"`` or ``"g"`` here.
+``"ddpm"`` — the official DDPM backend's weight, ``sqrt(β_t)`` of the VP update = ``sqrt(β_t/ᾱ_t)`` of the VE one
+(:func:`~priorshift.diffusion.schedules.ddpm_step_weights`; :meth:`KLIP.official` sets the whole recipe); ``"none"``.
 
-``reduction="mean_of_squares"`` (default, the theory: ``E_s ‖u_s‖²``) or ``"square_of_mean"``
-(``‖E_s u_s‖²``, what the official legacy PaDIS/CelebA code computes): averaging the S samples' updates
+``reduction="mean_of_squares"`` (default, the theory: ``E_s ‖u_s‖²``, and what the official scorer computes) or
+``"square_of_mean"`` (``‖E_s u_s‖²``, only the legacy PaDIS/CelebA notebooks): averaging the S samples' updates
 before squaring cancels their sampling noise, which suppresses the variance term of the KL; with S = 1 the
 two coincide.
 """
@@ -47,6 +47,7 @@ from torch import Tensor
 
 from priorshift.detectors.base import Detector
 from priorshift.diffusion.denoisers import as_counting
+from priorshift.diffusion.schedules import ddpm_step_weights
 from priorshift.registry import register
 from priorshift.samplers.hooks import ProgressBar, block_energy
 from priorshift.samplers.plan import SamplingPlan
@@ -58,7 +59,7 @@ __all__ = ["KLIP", "KLIPAccumulator", "aggregate_step_maps", "window_steps", "im
 # ΠGDM's likelihood step carries the size of the disagreement between y and the prior (normalised DPS does not).
 DEFAULT_PLAN = {"sampler": "pigdm", "steps": 100}
 VARIANTS = ("klip", "whole_image", "spatial_only", "temporal_only")
-NORMALIZATIONS = ("g", "kl", "sigma_power", "none")
+NORMALIZATIONS = ("g", "kl", "sigma_power", "ddpm", "none")
 REDUCTIONS = ("mean_of_squares", "square_of_mean")
 SCORES = ("energy", "spread")
 
@@ -106,19 +107,18 @@ class KLIPAccumulator:
     """
 
     def __init__(
-        self, *, block: int, k0: int, k1: int, normalization: str, sigma_power: float, reduction: str, stage: str | None, keep_steps: bool = False
+        self, *, block: int, k0: int, k1: int, normalization: str, sigma_power: float, reduction: str, stage: str | None, keep_steps: bool = False,
+        step_norms: Tensor | None = None,
     ):
-        self.block, self.k0, self.k1 = block, k0, k1
-        self.keep_steps = keep_steps
+        self.block, self.k0, self.k1, self.keep_steps = block, k0, k1, keep_steps
         self.step_maps: list[Tensor] = []  # only with keep_steps: (B, h, w) per step run
         self.normalization = _check_choice(normalization, "normalization", NORMALIZATIONS)
         self.reduction = _check_choice(reduction, "reduction", REDUCTIONS)
-        self.sigma_power, self.stage = sigma_power, stage
+        self.sigma_power, self.stage, self.step_norms = sigma_power, stage, step_norms  # step_norms: (T,) for "ddpm"
         self.block_sum: Tensor | None = None
         self.spread_sum: Tensor | None = None  # S ≥ 2: Σ_window per-block posterior spread of x̂0
         self.step_spread_maps: list[Tensor] = []
-        self.kl = None
-        self.n_window = 0
+        self.kl, self.n_window = None, 0
         self.curve: list[Tensor] = []  # per step: (B,) normalized update energy, mean over samples
         self.kl_curve: list[Tensor] = []  # per step: (B,) contribution to the KL in nats
         self.sigmas: list[float] = []
@@ -142,6 +142,8 @@ class KLIPAccumulator:
             return 1.0 / math.sqrt(kl_weight)
         if self.normalization == "sigma_power":
             return state.sigma**self.sigma_power
+        if self.normalization == "ddpm":
+            return float(self.step_norms[state.i])
         return 1.0
 
     def __call__(self, state: StepState) -> None:
@@ -269,16 +271,14 @@ class KLIP(Detector):
             raise ValueError(f"sampler {self.plan.sampler!r} has no likelihood step, so KLIP has nothing to measure; use pigdm, dps, projection, langevin or exact")
         if stage is not None and stage not in stages:
             raise ValueError(f"sampler {self.plan.sampler!r} reports the likelihood stages {', '.join(stages)}, not {stage!r}")
-        self.prior = prior
-        self.operator = operator
-        self.samples = int(samples)
-        self.block = int(block)
+        self.prior, self.operator = prior, operator
+        self.samples, self.block = int(samples), int(block)
         self.sigma_power = float(sigma_power)
         self.stage = stage
         self.window_sigma = None if window_sigma is None else tuple(window_sigma)
-        self.keep_step_maps = bool(keep_step_maps)
-        self.progress = bool(progress)
+        self.keep_step_maps, self.progress = bool(keep_step_maps), bool(progress)
         self.sigmas = self.plan.sigmas(prior)
+        self._step_norms = ddpm_step_weights(prior, self.sigmas) if normalization == "ddpm" else None
         window_steps(window, self.sigmas.numel() - 1)  # a clear error for a bad window, before anything else uses it
         self.window = tuple(window)
         self._window = self._resolve_window()
@@ -293,6 +293,14 @@ class KLIP(Detector):
         prior = stationary_gaussian(8, length_scale=1.5, variance=0.25)
         mask = random_pixel_mask(8, 0.5, generator=torch.Generator().manual_seed(0)).double()
         return cls(prior, Inpainting(mask=mask, noise_std=0.1), plan={**DEFAULT_PLAN, "steps": 30}, block=4, samples=2)
+
+    @classmethod
+    def official(cls, prior, operator, backend: str = "ddpm", **kwargs) -> "KLIP":
+        """KLIP giving the numbers of the official code (``backend="ddpm"``: a DDPM prior, e.g. ``from_diffusers``). ``kwargs``:
+        ``steps``, ``samples``, ``block``, ``window``, ``zeta``, ``clip_sample``, KLIP's own (:mod:`~priorshift.detectors.klip_official`)."""
+        from priorshift.detectors.klip_official import official_settings
+
+        return cls(prior, operator, **official_settings(backend, **kwargs))
 
     def _resolve_window(self) -> tuple[int, int]:
         T = self.sigmas.numel() - 1
@@ -329,7 +337,7 @@ class KLIP(Detector):
         k0, k1 = self.window_steps
         acc = KLIPAccumulator(
             block=block, k0=k0, k1=k1, normalization=self.normalization, sigma_power=self.sigma_power, reduction=self.reduction,
-            stage=self.stage, keep_steps=self.keep_step_maps,
+            stage=self.stage, keep_steps=self.keep_step_maps, step_norms=self._step_norms,
         )
         all_hooks = [acc, *hooks]
         if self.progress:
