@@ -29,3 +29,33 @@ def test_unknown_task_and_objective():
         get_task("mri")
     with pytest.raises(ValueError, match="objective"):
         get_task("ct").klip(None, objective="both")
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_operator_spec_builds_the_tasks_operator(name):
+    """config.toml records a task's operator as this spec, trusting that it builds the same operator."""
+    from priorshift.operators.spec import operator_from_spec
+
+    task = get_task(name)
+    spec = task.operator_spec()
+    if spec is None:  # a mask drawn by a function: no spec
+        assert any(callable(v) for v in task.operator_params.values())
+        return
+    assert repr(operator_from_spec(spec, load_prior(task.prior).image_size)) == repr(task.make_operator())
+
+
+def test_plan_under_and_detector_settings():
+    ct, blur = get_task("ct"), get_task("fmnist-blur")
+    assert blur.plan_under({"steps": 3}) == {"sampler": "pigdm", "steps": 3}
+    assert blur.plan_under({"sampler": "dps"}) == {"sampler": "dps", "steps": 50, "zeta": 1.5}, "DPS takes the task's DPS step"
+    assert blur.plan_under({"sampler": "dps", "zeta": 0.2})["zeta"] == 0.2
+    assert ct.plan_under({"sampler": "projection"}) == {"sampler": "projection", "steps": 50}, "no DPS parameter leaks into another sampler"
+    assert ct.plan_under() == dict(ct.plan)
+    plan = {"plan": dict(blur.plan), "samples": blur.samples}
+    assert blur.detector_settings("klip") == {**plan, **blur.klip_settings["dataset"]}
+    assert blur.detector_settings("klip", objective="image") == {**plan, **blur.klip_settings["image"]}
+    assert blur.detector_settings("klip-multiscale") == plan
+    for other in ("measurement-norm", "residual", "denoising-error", "lmd", "eigenscore"):
+        assert blur.detector_settings(other) == {}, other
+    assert blur.settings_under("klip", {"block": 4, "plan": {"steps": 7}}) == {
+        "plan": {"sampler": "pigdm", "steps": 7}, "samples": 2, "window": (0.35, 0.45), "block": 4}

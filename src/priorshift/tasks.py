@@ -17,14 +17,20 @@ chosen on tuning data only, never on the sets reported:
     operator = task.make_operator()
     klip = task.klip(load_prior(task.prior))              # dataset-level settings
     klip_map = task.klip(prior, objective="image")        # the settings tuned for the maps
+
+Any registered detector gets a task's settings through :func:`make_detector` (the CLI's ``score --task`` and the
+bench's ``task:`` domains both build their detectors with it); :meth:`Task.detector_settings` says which.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-__all__ = ["Task", "TASKS", "get_task"]
+__all__ = ["Task", "TASKS", "get_task", "make_detector", "PLAN_FIELDS"]
+
+# A sampling plan's own fields (the rest of a plan mapping are its sampler's parameters).
+PLAN_FIELDS = ("sampler", "steps", "schedule", "sigma_min", "sigma_max")
 
 
 @dataclass(frozen=True)
@@ -57,10 +63,54 @@ class Task:
         """KLIP with this task's plan, samples and tuned window/block for ``objective`` ("dataset" or "image")."""
         from priorshift.detectors import KLIP
 
-        if objective not in self.klip_settings:
-            raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(self.klip_settings)}")
-        kw = {"plan": dict(self.plan), "samples": self.samples, **self.klip_settings[objective], **overrides}
+        kw = self.settings_under("klip", overrides, objective=objective)
         return KLIP(prior, operator if operator is not None else self.make_operator(), **kw)
+
+    def operator_spec(self) -> str | None:
+        """The task's operator as an operator spec (``ct:image_size=64,n_views=20,noise_std=0.5``), or ``None``
+        when a parameter is not a plain value (a mask drawn by a function)."""
+        if not all(isinstance(v, (bool, int, float, str)) for v in self.operator_params.values()):
+            return None
+        return self.operator + ":" + ",".join(f"{k}={v!r}" for k, v in self.operator_params.items())
+
+    def plan_under(self, given: Mapping[str, Any] | None = None) -> dict:
+        """The task's sampling plan with ``given`` fields over it. A ``given`` plan naming another sampler keeps
+        only the task plan's own fields (:data:`PLAN_FIELDS`: steps, schedule, σ range), not its sampler's
+        parameters; with DPS it gets the task's DPS step ``extra["dps_zeta"]`` as ``zeta`` unless it sets one."""
+        given = dict(given or {})
+        base = dict(self.plan)
+        if given.get("sampler", base["sampler"]) != base["sampler"]:
+            base = {k: v for k, v in base.items() if k in PLAN_FIELDS and k != "sampler"}
+            if given["sampler"] == "dps" and "dps_zeta" in self.extra:
+                base["zeta"] = self.extra["dps_zeta"]
+        return {**base, **given}
+
+    def detector_settings(self, detector: str, *, objective: str = "dataset") -> dict:
+        """This task's settings for the registered detector ``detector``, as its keyword parameters: the task's
+        sampling plan and posterior sample count to every measurement detector that takes them (KLIP, multiscale
+        KLIP), and to KLIP its window and block tuned for ``objective``. Other detectors take none of them; an
+        image detector scoring measurements reconstructs with the task's plan (:func:`make_detector`)."""
+        from priorshift.registry import get
+
+        cls = get("detector", detector)
+        if cls.input_kind != "measurements":
+            return {}
+        accepted = _keyword_params(cls)
+        out = {k: v for k, v in (("plan", dict(self.plan)), ("samples", self.samples)) if k in accepted}
+        if detector == "klip":
+            if objective not in self.klip_settings:
+                raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(self.klip_settings)}")
+            out.update(self.klip_settings[objective])
+        return out
+
+    def settings_under(self, detector: str, given: Mapping[str, Any], *, objective: str = "dataset") -> dict:
+        """``given`` keyword parameters of ``detector`` over this task's settings for it; the plans merged by
+        :meth:`plan_under`."""
+        settings = self.detector_settings(detector, objective=objective)
+        out = {**settings, **given}
+        if "plan" in settings and isinstance(given.get("plan", {}), Mapping):  # not a SamplingPlan, not None
+            out["plan"] = self.plan_under(given.get("plan"))
+        return out
 
 
 def _fmnist_inpaint_mask():
@@ -117,3 +167,56 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
+
+
+def _keyword_params(cls) -> list[str]:
+    import inspect
+
+    return [n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def make_detector(name: str, prior, operator=None, *, task: Task | str | None = None, params: Mapping[str, Any] | None = None,
+                  reconstruction: Mapping[str, Any] | None = None, inputs: str | None = None, progress: bool | None = None,
+                  label: str | None = None, source: Callable[[str], str] | None = None):
+    """The registered detector ``name`` on ``prior`` (and ``operator``, for a detector of measurements), with
+    ``params`` (its keyword parameters) over ``task``'s settings for it (:meth:`Task.detector_settings`).
+
+    ``inputs``: what it will be given — ``"measurements"`` (an image detector then reconstructs them first, through
+    :class:`~priorshift.detectors.FromMeasurements` with the sampling plan ``reconstruction`` over the task's),
+    ``"images"`` (a detector of measurements is refused) or ``None`` (its own kind). ``progress``: the default of
+    its ``progress`` parameter, where it has one. Errors are ``ValueError``s naming the detector as ``label``
+    (default ``detector 'NAME'``) and a parameter as ``source(key)`` (where it was set; default ``parameter KEY``):
+    an unknown parameter, a wrong argument, and a bad value whose message starts with the parameter's name."""
+    import copy
+
+    from priorshift.registry import get
+
+    cls = get("detector", name)
+    label = label or f"detector {name!r}"
+    source = source or (lambda key: f"parameter {key}")
+    task = get_task(task) if isinstance(task, str) else task
+    given = copy.deepcopy(dict(params or {}))
+    accepted = _keyword_params(cls)
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise ValueError(f"{source(unknown[0])} is not a parameter of {label} (its parameters: {', '.join(accepted)})")
+    if inputs == "images" and cls.input_kind == "measurements":
+        raise ValueError(f"{label} scores measurements; give it measurements (a measurement domain), not images")
+    kw = task.settings_under(name, given) if task is not None else given
+    if progress is not None and "progress" in accepted:
+        kw.setdefault("progress", progress)
+    try:
+        det = cls(prior, operator, **kw) if cls.input_kind == "measurements" else cls(prior, **kw)
+    except TypeError as e:
+        raise ValueError(f"{label}: {e} (its parameters: {', '.join(accepted)})") from None
+    except ValueError as e:
+        key = str(e).split(" ", 1)[0].rstrip(":")
+        if key in given:  # the detector checks its parameters; the caller says where this one was set
+            raise ValueError(f"{source(key)}: {e}") from None
+        raise
+    if inputs == "measurements" and cls.input_kind == "images":
+        from priorshift.detectors import FromMeasurements
+
+        plan = task.plan_under(reconstruction) if task is not None else (dict(reconstruction) if reconstruction else None)
+        det = FromMeasurements(det, operator, plan=plan)
+    return det

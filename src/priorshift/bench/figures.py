@@ -43,7 +43,8 @@ def heatmap_figure(
     plt = pyplot()
     n, h, w = measurement.shape[0], measurement.shape[-2], measurement.shape[-1]
     up = F.interpolate(maps[:, None].float(), size=(h, w), mode="nearest")[:, 0]
-    vmax = float(up.max()) or 1.0
+    vmin = min(0.0, float(up.min()))  # 0 for energy maps; signed maps (multiscale KLIP's z-scores) may lie below it
+    vmax = float(up.max()) if float(up.max()) > vmin else vmin + 1.0
     cols = 4 if masks is not None else 3
     fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols + 0.6, 1.65 * n + (0.4 if title else 0)), squeeze=False)
     overlay = None
@@ -51,7 +52,7 @@ def heatmap_figure(
         _img(axes[r, 0], measurement[r, 0], measurement_title if r == 0 else None)
         _img(axes[r, 1], reconstruction[r, 0], "reconstruction" if r == 0 else None)
         _img(axes[r, 2], reconstruction[r, 0], map_title if r == 0 else None)
-        overlay = axes[r, 2].imshow(up[r].cpu().numpy(), cmap="inferno", alpha=0.65, vmin=0, vmax=vmax, interpolation="nearest")
+        overlay = axes[r, 2].imshow(up[r].cpu().numpy(), cmap="inferno", alpha=0.65, vmin=vmin, vmax=vmax, interpolation="nearest")
         if masks is not None:
             _img(axes[r, 3], masks[r].float(), "ground truth" if r == 0 else None, cmap="Reds", vmin=0, vmax=1)
         axes[r, 0].set_ylabel(labels[r], fontsize=8)

@@ -37,7 +37,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -112,23 +112,41 @@ def _images(entry: dict, n: int, image_size: int):
     return x[start : start + n]
 
 
-def _detector(row: dict, prior, operators: dict, cfg: dict):
-    from priorshift.detectors import FromMeasurements
-    from priorshift.registry import get
+def _domain_task(cfg: dict, domain: str):
+    """The task of a ``task:NAME`` domain, else ``None``."""
+    spec = cfg.get("domains", {}).get(domain, "")
+    if not spec.startswith("task:"):
+        return None
+    from priorshift.tasks import get_task
 
-    cls = get("detector", row["detector"])
-    if row["domain"] == "images":
-        if cls.input_kind != "images":
-            raise ValueError(f"row {row_key(row)}: detector {row['detector']!r} scores measurements; give it a measurement domain")
-        return cls(prior, **row["params"])
-    op = operators[row["domain"]]
-    if cls.input_kind == "measurements":
-        return cls(prior, op, **row["params"])
+    return get_task(spec[5:])
+
+
+def _detector(row: dict, prior, operators: dict, cfg: dict):
+    """The row's detector (:func:`priorshift.tasks.make_detector`): a task domain's settings under the row's
+    ``params``; an image detector on measurements reconstructs with [reconstruction] ``plan`` (and the domain's
+    ``zeta``) over the task's plan — without a task, by default DPS, 50 steps, no Jacobian."""
+    from priorshift.tasks import make_detector
+
+    domain, task = row["domain"], _domain_task(cfg, row["domain"])
     recon = cfg.get("reconstruction", {})
-    plan = dict(recon.get("plan", {"sampler": "dps", "steps": 50, "jacobian": False}))
-    if row["domain"] in recon.get("zeta", {}):
-        plan["zeta"] = recon["zeta"][row["domain"]]
-    return FromMeasurements(cls(prior, **row["params"]), op, plan=plan)
+    plan = dict(recon.get("plan", {} if task else {"sampler": "dps", "steps": 50, "jacobian": False}))
+    if domain in recon.get("zeta", {}):
+        plan["zeta"] = recon["zeta"][domain]
+    key = row_key(row)
+    return make_detector(row["detector"], prior, operators.get(domain), task=task, params=row["params"], reconstruction=plan,
+                         inputs="images" if domain == "images" else "measurements", label=f"row {key}: detector {row['detector']!r}",
+                         source=lambda k: f"row {key}: params.{k}")
+
+
+def _row_definition(row: dict, cfg: dict) -> dict:
+    """What a row's cached scores are keyed by: its detector, domain, label and parameters — with a task domain's
+    settings for the detector under them (they are part of the row)."""
+    definition = {k: row[k] for k in ("detector", "domain", "params", "label")}
+    task = _domain_task(cfg, row["domain"])
+    if task is not None:
+        definition["params"] = json.loads(json.dumps(task.settings_under(row["detector"], row["params"])))
+    return definition
 
 
 def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached_only: bool = False, log: Callable[[str], None] | None = None) -> dict:
@@ -166,7 +184,7 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached
     for row in cfg["rows"]:
         key = row_key(row)
         path = out / "scores" / f"{key.replace('@', '__').replace('#', '__')}.json"
-        definition = {k: row[k] for k in ("detector", "domain", "params", "label")}
+        definition = _row_definition(row, cfg)
         cached = json.loads(path.read_text()) if path.exists() else None
         fresh = cached is not None and cached.get("definition", definition) == definition and len(cached["scores_id"]) == n
         if fresh and (only is None or key not in only):

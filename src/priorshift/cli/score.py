@@ -10,7 +10,7 @@ from pathlib import Path
 import priorshift
 
 from ._common import _check_out_parent, _check_threads, _reading_note
-from .detector import _build_detector, _check_noise_acts, _wrap_detector
+from .detector import _build_detector, _noise_ignored
 from .score_config import _apply_score_config, _file_digest, _score_config_toml, check_device
 
 
@@ -86,6 +86,7 @@ def _score(args) -> int:
     from priorshift import load_prior
     from priorshift.detectors import score_batches
     from priorshift.io import atomic_write_json
+    from priorshift.operators.spec import operator_from_spec, parse_spec
     from priorshift.tasks import get_task
 
     # -- validate everything before anything is created --
@@ -102,6 +103,7 @@ def _score(args) -> int:
         raise ValueError("give exactly one of --measurements Y.npy (measured data) or --images X.npy (images to measure)")
     if int(args.batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    spec = parse_spec(args.operator) if args.operator else None  # read once; built below, once the prior's image size is known
     device = check_device(args.device)
     out = Path(args.out)
     _check_out_parent(out)
@@ -122,15 +124,13 @@ def _score(args) -> int:
         raise ValueError("give --prior NAME|PATH (or --task NAME for a task's prior and settings)")
     prior = load_prior(prior_name, device=device)
     size, channels = prior.image_size, prior.channels
-    if args.operator:
-        from priorshift.operators.spec import operator_from_spec
-
-        op = operator_from_spec(args.operator, size, args.mask)
+    if spec is not None:
+        op = operator_from_spec(spec, size, args.mask)
     elif task:
         op = task.make_operator()
     else:
         raise ValueError("give --operator SPEC (e.g. ct:views=20,noise=0.5, inpaint:p=0.5, blur:sigma=1.5, sr:factor=2, identity:noise=0.05) or --task NAME")
-    det = _build_detector(args, prior, op, size)
+    det = _build_detector(args, prior, op)
     readings = {}
     if args.images is not None:
         x, readings["input"] = _load_images(args.images, "--images", args.value_range)
@@ -142,8 +142,10 @@ def _score(args) -> int:
         kind = "images" if det.input_kind == "images" else "measurements"
     else:
         data, kind = _load_npy(args.measurements, "--measurements").to(device), "measurements"
-    det = _wrap_detector(args, det, op, kind)
-    _check_noise_acts(args, det)
+    # With --measurements the data exist: the operator's noise level can only act through the detector.
+    noise_ignored = _noise_ignored(det, args.detector) if args.measurements is not None else None
+    if noise_ignored and spec is not None and "noise_std" in spec.params:
+        raise ValueError(f"--operator {args.operator!r} sets noise=, but {noise_ignored}")
     try:
         det.check_input(data)
     except ValueError as e:
@@ -214,8 +216,8 @@ def _score(args) -> int:
         config.update({"nfe_total": s.nfe, "nfe_per_image": s.nfe / n, "seconds": round(time.perf_counter() - t0, 2),
                        "versions": {"priorshift": priorshift.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}})
         atomic_write_json(tmp / "config.json", config)
-        (tmp / "config.toml").write_text(_score_config_toml(args, prior_name=prior_name, prior=prior, op=op, det=det, size=size, kind=kind, n=n,
-                                                            out=out, config=config, readings=readings), encoding="utf-8")
+        (tmp / "config.toml").write_text(_score_config_toml(args, prior_name=prior_name, prior=prior, op=op, spec=spec, noise_acts=not noise_ignored,
+                                                            det=det, kind=kind, n=n, out=out, config=config, readings=readings), encoding="utf-8")
         files += ["config.json", "config.toml"]
     if args.distributed:
         from priorshift.distributed import work_dir_for

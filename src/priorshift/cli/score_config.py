@@ -11,7 +11,7 @@ import priorshift
 from priorshift.io import toml_dumps, toml_value
 
 from ._common import _drop_none, _plain
-from .detector import _build_detector, _check_noise_acts, _init_params, _sampler_defaults, _spec_keys, _wrap_detector
+from .detector import _init_params, _sampler_defaults
 
 
 def _toml_loads(text: str) -> dict:
@@ -29,7 +29,6 @@ SCORE_CONFIG_KEYS = {"task": str, "prior": str, "detector": str, "operator": str
                      "value_range": str, "fit": str, "seed": int, "batch_size": int, "device": str, "threads": int, "out": str,
                      "param": dict, "plan": dict, "run": dict}
 _CONFIG_PATH_KEYS = ("mask", "measurements", "images", "fit", "out")
-_PLAN_FIELDS = ("sampler", "steps", "schedule", "sigma_min", "sigma_max")
 VALUE_RANGE_CHOICES = ["uint8", "uint16", "unit", "symmetric"]
 
 
@@ -56,13 +55,16 @@ def _add_score_arguments(sc, *, suppress: bool = False) -> None:
         help="rerun a run: the config.toml it wrote (or its directory) — prior, operator with its noise, detector with every parameter, "
              "plan, seeds, batch size, data; options given with it override the file's values (--param / --plan key by key; another "
              "--detector drops the file's [param] and [plan]); relative paths in the file are relative to it (default: none)")
-    add("--task", help="a named task (" + ", ".join(_task_names()) + "): its prior, operator and tuned KLIP settings as defaults (default: none)")
+    add("--task", help="a named task (" + ", ".join(_task_names()) + "): its prior, operator and settings as defaults — its sampling plan "
+        "for every detector that samples the posterior (an image detector's reconstruction included), its posterior samples, and "
+        "KLIP's tuned window and block (default: none)")
     add("--prior", help="bundled prior name or checkpoint path (default: the task's)")
     add("--detector", default="klip", help="a registered detector: " + ", ".join(_detector_names()) + " (default: %(default)s)")
     add("--param", action="append", default=[], metavar="K=V",
-        help="a detector parameter, e.g. window=0.4,0.75 or block=4; repeatable (default: none — the detector's defaults, with --task the task's KLIP settings)")
+        help="a detector parameter, e.g. window=0.4,0.75 or block=4; repeatable (default: none — the detector's defaults, with --task the task's settings)")
     add("--plan", action="append", default=[], metavar="K=V",
-        help="a sampling-plan field or sampler parameter, e.g. sampler=dps, steps=50, zeta=0.1, jacobian=False; repeatable "
+        help="a sampling-plan field or sampler parameter, e.g. sampler=dps, steps=50, zeta=0.1, jacobian=False; repeatable; an image "
+             "detector scoring --measurements reconstructs them with this plan (its own plan, if any: --param plan.K=V) "
              "(default: none — the detector's own plan, with --task the task's)")
     add("--measurements", metavar="Y.npy", help="measurements, (N, ...) as the operator produces them (default: none; give this or --images)")
     add("--images", metavar="X.npy",
@@ -149,6 +151,7 @@ def _apply_score_config(args) -> None:
     import copy
 
     from priorshift.operators.spec import parse_pairs
+    from priorshift.tasks import PLAN_FIELDS
 
     param, plan = parse_pairs(args.param, "--param"), parse_pairs(args.plan, "--plan")
     args.from_file, args.file_params, args.recorded_run = set(), set(), {}
@@ -162,7 +165,7 @@ def _apply_score_config(args) -> None:
             cfg.pop("param", None), cfg.pop("plan", None)
         file_param, file_plan = copy.deepcopy(cfg.pop("param", {})), cfg.pop("plan", {})
         if "sampler" in plan and plan["sampler"] != file_plan.get("sampler"):
-            file_plan = {k: v for k, v in file_plan.items() if k in _PLAN_FIELDS and k != "sampler"}
+            file_plan = {k: v for k, v in file_plan.items() if k in PLAN_FIELDS and k != "sampler"}
         args.recorded_run = cfg.pop("run", {})
         for key, value in cfg.items():
             if key not in given:
@@ -209,75 +212,56 @@ def _file_digest(path) -> str | None:
     return h.hexdigest()[:16]
 
 
-def _resolved_detector_settings(args, det, prior, op, size: int, kind: str) -> tuple[dict, dict]:
-    """``(param, plan)`` for config.toml: the detector's every parameter (its defaults included) and its resolved
-    sampling plan when building it again from them gives the same detector (equal ``config()``); otherwise the
-    parameters and plan as given."""
+def _resolved_detector_settings(args, det) -> tuple[dict, dict]:
+    """``(param, plan)`` for config.toml: the detector's every parameter (its defaults included: the ones of its
+    ``config()`` that are parameters) and its resolved sampling plan (for an image detector scoring measurements:
+    its reconstruction's; its own plan, if it has one, in ``param``). Building the detector from them gives the same
+    detector; ``tests/test_cli_once.py`` checks that for every registered one. A detector without ``config()``:
+    the parameters and plan as given."""
     from priorshift.detectors import FromMeasurements
 
-    given_param = {k: v for k, v in args.param_values.items() if k != "plan"}
-    given_plan = {**args.param_values.get("plan", {}), **args.plan_values}
-    fallback = _drop_none(_plain(given_param)), _drop_none(_plain(given_plan))
     wrapped = isinstance(det, FromMeasurements)
+    own_plan = args.param_values.get("plan", {}) if wrapped else {**args.param_values.get("plan", {}), **args.plan_values}
+    given_param = {k: v for k, v in args.param_values.items() if k != "plan"}
+    if wrapped and own_plan:
+        given_param["plan"] = own_plan
+    given_plan = args.plan_values if wrapped else own_plan
     base = det.image_detector if wrapped else det
     if not hasattr(base, "config"):
-        return fallback
+        return _drop_none(_plain(given_param)), _drop_none(_plain(given_plan))
     accepted = set(_init_params(type(base))) - {"plan", "progress"}
     param = {**{k: v for k, v in base.config().items() if k in accepted}, **given_param}
-    plan = given_plan
-    described = getattr(getattr(base, "plan", None), "describe", None)
-    if not wrapped and "plan" in _init_params(type(base)) and callable(described):
-        d = described()
-        plan = {**{k: v for k, v in d.items() if k != "params"}, **_sampler_defaults(d["sampler"]), **d.get("params", {})}
-    param, plan = _drop_none(_plain(param)), _drop_none(_plain(plan))
-    trial = argparse.Namespace(**{**vars(args), "param_values": param, "plan_values": plan, "quiet": True})
-    try:
-        again = _wrap_detector(trial, _build_detector(trial, prior, op, size), op, kind)
-        same = _complete_plans(_plain(again.config())) == _complete_plans(_plain(det.config()))
-    except (ValueError, TypeError):
-        same = False
-    return (param, plan) if same else fallback
+    own = _resolved_plan(base) if wrapped else None
+    if own is not None:
+        param["plan"] = own
+    plan = _resolved_plan(det)
+    plan = given_plan if plan is None else plan
+    return _drop_none(_plain(param)), _drop_none(_plain(plan))
 
 
-def _complete_plans(cfg):
-    """A detector config with each described sampling plan's parameters completed by the sampler's defaults, so
-    that a plan given its defaults explicitly compares equal to one that takes them implicitly."""
-    if isinstance(cfg, dict):
-        out = {k: _complete_plans(v) for k, v in cfg.items()}
-        if isinstance(out.get("sampler"), str) and isinstance(out.get("params"), dict):
-            out["params"] = {**_plain(_sampler_defaults(out["sampler"])), **out["params"]}
-        return out
-    if isinstance(cfg, list):
-        return [_complete_plans(v) for v in cfg]
-    return cfg
+def _resolved_plan(det) -> dict | None:
+    """``det``'s sampling plan (a ``plan`` parameter and attribute) as [plan] fields and sampler parameters, the
+    sampler's defaults included; ``None`` when it takes no plan."""
+    describe = getattr(getattr(det, "plan", None), "describe", None)
+    if "plan" not in _init_params(type(det)) or not callable(describe):
+        return None
+    d = describe()
+    return {**{k: v for k, v in d.items() if k != "params"}, **_sampler_defaults(d["sampler"]), **d.get("params", {})}
 
 
-def _spec_with_noise(args, det, op, size: int) -> str | None:
+def _spec_with_noise(args, spec, op, noise_acts: bool) -> str | None:
     """``--operator``'s spec with the operator's noise level written out (``noise_std=``) where it acts; without
-    ``--operator``, the task's operator as a spec when its parameters are plain values and the spec rebuilds it."""
-    spec = args.operator
-    if not spec and args.task:
-        from priorshift.operators.spec import operator_from_spec
+    ``--operator``, the task's operator as a spec (:meth:`~priorshift.tasks.Task.operator_spec`, which builds the
+    task's operator — tested), left out when its noise would be refused."""
+    if spec is None:
         from priorshift.tasks import get_task
 
-        task = get_task(args.task)
-        if not all(isinstance(v, (bool, int, float, str)) for v in task.operator_params.values()):
-            return None
-        spec = task.operator + ":" + ",".join(f"{k}={v!r}" for k, v in task.operator_params.items())
-        try:
-            same = repr(operator_from_spec(spec, size)) == repr(op)
-            _check_noise_acts(argparse.Namespace(**{**vars(args), "operator": spec}), det)
-        except ValueError:
-            same = False
-        return spec if same else None
-    if not spec or "noise_std" in _spec_keys(spec):
-        return spec
-    full = f"{spec}{',' if ':' in spec else ':'}noise_std={op.noise_std!r}".replace(":,", ":")
-    try:
-        _check_noise_acts(argparse.Namespace(**{**vars(args), "operator": full}), det)
-    except ValueError:
-        return spec  # with --measurements and a detector that ignores the noise level, noise= is refused
-    return full
+        task = get_task(args.task) if args.task else None
+        text = task.operator_spec() if task is not None else None
+        return text if text and (noise_acts or "noise_std" not in task.operator_params) else None
+    if "noise_std" in spec.params or not noise_acts:
+        return spec.text  # with --measurements and a detector that ignores the noise level, noise= is refused
+    return spec.with_param("noise_std", float(op.noise_std)).text
 
 
 def _abs_prior(name: str) -> str:
@@ -286,14 +270,15 @@ def _abs_prior(name: str) -> str:
     return name if name in bundled_priors() else str(Path(name).expanduser().absolute())
 
 
-def _score_config_toml(args, *, prior_name, prior, op, det, size, kind, n, out, config, readings) -> str:
-    """The resolved configuration of a score run as a TOML document that ``score --config`` reads back."""
+def _score_config_toml(args, *, prior_name, prior, op, spec, noise_acts: bool, det, kind, n, out, config, readings) -> str:
+    """The resolved configuration of a score run as a TOML document that ``score --config`` reads back (``spec``:
+    ``--operator`` as read; ``noise_acts``: whether the operator's noise level acts on this run)."""
     import datetime
     import os
     import platform
 
-    param, plan = _resolved_detector_settings(args, det, prior, op, size, kind)
-    doc = {"task": args.task, "prior": _abs_prior(str(prior_name)), "detector": args.detector, "operator": _spec_with_noise(args, det, op, size)}
+    param, plan = _resolved_detector_settings(args, det)
+    doc = {"task": args.task, "prior": _abs_prior(str(prior_name)), "detector": args.detector, "operator": _spec_with_noise(args, spec, op, noise_acts)}
     doc.update({k: str(Path(getattr(args, k)).expanduser().absolute()) for k in ("mask", "measurements", "images", "fit") if getattr(args, k)})
     doc.update(value_range=args.value_range, seed=args.seed, batch_size=args.batch_size, device=args.device, threads=args.threads,
                out=str(out.absolute()), param=param, plan=plan)

@@ -2,14 +2,16 @@
 
 ``ct:views=24,noise=0.01``, ``inpaint:p=0.5,block=4``, ``blur:kernel=7,sigma=2``, ``sr:factor=4``,
 ``mri:accel=4``, ``identity:noise=0.05`` — short names and parameter aliases are listed in ``OPERATOR_ALIASES``
-and ``PARAM_ALIASES``; values are Python literals (``parse_value``).
+and ``PARAM_ALIASES``; values are Python literals (``parse_value``). A spec is read once (:func:`parse_spec` →
+:class:`OperatorSpec`) and built from what was read (:func:`operator_from_spec`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Mapping
 
-__all__ = ["OPERATOR_ALIASES", "PARAM_ALIASES", "parse_value", "parse_pairs", "operator_from_spec"]
+__all__ = ["OPERATOR_ALIASES", "PARAM_ALIASES", "OperatorSpec", "parse_spec", "parse_value", "parse_pairs", "operator_from_spec"]
 
 # Short names accepted in operator specs, e.g. ``ct:views=24,noise=0.01`` or ``blur:sigma=2``.
 OPERATOR_ALIASES = {"inpaint": "inpainting", "sr": "downsample", "denoise": "identity"}
@@ -41,26 +43,58 @@ def parse_pairs(items, what: str) -> dict:
     return out
 
 
-def operator_from_spec(spec: str, image_size: int, mask_path: str | None = None):
-    """``NAME[:k=v,...]`` → an operator. ``ct`` gets the prior's image size; ``inpainting`` without a mask gets
-    a random pixel mask with observation probability ``p`` (default 0.5; ``block=b`` for b×b blocks, ``seed``);
-    ``mask=PATH.npy`` (or ``--mask``) loads one (1 = observed)."""
-    import numpy as np
-    import torch
+@dataclass(frozen=True)
+class OperatorSpec:
+    """A spec as read: ``name`` (a registered operator, aliases resolved), ``params`` (names aliased, values
+    parsed: ``ct:views=20,noise=0.5`` → ``{"n_views": 20, "noise_std": 0.5}``) and ``text``, the spec itself
+    (``str(spec)``)."""
 
-    from priorshift.operators import make_operator, random_block_mask, random_pixel_mask
+    name: str
+    params: Mapping[str, Any]
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    def with_param(self, key: str, value) -> "OperatorSpec":
+        """This spec with ``key=value`` appended (``key`` not set yet): ``ct:views=20`` → ``ct:views=20,noise_std=0.5``."""
+        if key in self.params:
+            raise ValueError(f"--operator {self.text!r} already sets {key}")
+        name, sep, rest = self.text.partition(":")
+        return OperatorSpec(self.name, {**self.params, key: value}, f"{name}:{rest}{',' if rest else ''}{key}={value!r}")
+
+
+def parse_spec(spec: str | OperatorSpec) -> OperatorSpec:
+    """Read ``NAME[:k=v,...]``; a ``ValueError`` naming ``--operator`` and the spec for an unknown operator or an
+    item that is not ``key=value``. An :class:`OperatorSpec` is returned as it is."""
     from priorshift.registry import names
 
+    if isinstance(spec, OperatorSpec):
+        return spec
     name, _, rest = spec.partition(":")
     name = OPERATOR_ALIASES.get(name, name)
     if name not in names("operator"):
         raise ValueError(f"unknown operator {name!r} in --operator {spec!r}; choose one of {', '.join(names('operator'))} (or inpaint, sr)")
-    kw = {}
+    params = {}
     for item in filter(None, rest.split(",")):
         k, sep, v = item.partition("=")
         if not sep:
             raise ValueError(f"operator parameter {item!r} in --operator {spec!r} must look like key=value")
-        kw[PARAM_ALIASES.get(k, k)] = parse_value(v)
+        params[PARAM_ALIASES.get(k, k)] = parse_value(v)
+    return OperatorSpec(name, params, spec)
+
+
+def operator_from_spec(spec: str | OperatorSpec, image_size: int, mask_path: str | None = None):
+    """``NAME[:k=v,...]`` (text, or as read by :func:`parse_spec`) → an operator. ``ct`` gets the prior's image
+    size; ``inpainting`` without a mask gets a random pixel mask with observation probability ``p`` (default 0.5;
+    ``block=b`` for b×b blocks, ``seed``); ``mask=PATH.npy`` (or ``--mask``) loads one (1 = observed)."""
+    import numpy as np
+    import torch
+
+    from priorshift.operators import make_operator, random_block_mask, random_pixel_mask
+
+    spec = parse_spec(spec)
+    name, kw = spec.name, dict(spec.params)
     mask_path = kw.pop("mask", mask_path)
     if name == "ct":
         kw.setdefault("image_size", image_size)
@@ -79,4 +113,4 @@ def operator_from_spec(spec: str, image_size: int, mask_path: str | None = None)
     try:
         return make_operator(name, **kw)
     except TypeError as e:
-        raise ValueError(f"--operator {spec!r}: {e}") from None
+        raise ValueError(f"--operator {spec.text!r}: {e}") from None
