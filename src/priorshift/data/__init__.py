@@ -9,10 +9,10 @@ from .artifacts import (MIN_COVERAGE, LabeledSet, blob_set, healthy_set, insert_
 from .datasets import (FASHION_MNIST_DIR, DatasetNotFoundError, dicom_slice, fashion_mnist, image_folder, mnist,
                        npy_stack, resize, shepp_logan)
 from .load import load_dataset
-from .phantoms import LABEL_NAMES, Phantom, PhantomCT, ct_phantom, derive_seed, phantom_stream
+from .phantoms import LABEL_NAMES, Phantom, PhantomCT, ct_phantom, derive_seed, phantom_batch, phantom_stream
 
 __all__ = [
-    "Phantom", "PhantomCT", "ct_phantom", "phantom_stream", "derive_seed", "LABEL_NAMES",
+    "Phantom", "PhantomCT", "ct_phantom", "phantom_stream", "phantom_batch", "derive_seed", "LABEL_NAMES",
     "MIN_COVERAGE", "LabeledSet", "insert_lesion", "insert_star", "insert_scar", "paste_patch",
     "healthy_set", "lesion_set", "blob_set", "star_set", "scar_set",
     "DatasetNotFoundError", "FASHION_MNIST_DIR", "fashion_mnist", "mnist", "image_folder", "npy_stack",

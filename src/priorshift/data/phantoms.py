@@ -25,7 +25,7 @@ from torch import Tensor
 from ._anatomy import HEPATIC_VESSEL, LABEL_NAMES, LIVER, draw_abdomen
 from ._render import Canvas
 
-__all__ = ["Phantom", "ct_phantom", "PhantomCT", "phantom_stream", "derive_seed", "LABEL_NAMES"]
+__all__ = ["Phantom", "ct_phantom", "PhantomCT", "phantom_stream", "phantom_batch", "derive_seed", "LABEL_NAMES"]
 
 _SET_TAG, _STREAM_TAG = 0x5E7, 0x57EA
 
@@ -158,6 +158,16 @@ class PhantomCT:
 def _render_images(size: int, seeds: list[int]) -> np.ndarray:
     """``(B, 1, size, size)`` phantom images for ``seeds`` (a worker task of :func:`phantom_stream`)."""
     return np.stack([ct_phantom(size, s).image.numpy() for s in seeds])
+
+
+def phantom_batch(start: int, batch_size: int, size: int = 64, seed: int = 0) -> Tensor:
+    """Images ``start, …, start + batch_size − 1`` of :func:`phantom_stream` with ``seed``, by index:
+    ``(batch_size, 1, size, size)``. A training stream as a function of the step:
+    ``lambda step, b: phantom_batch(step * b, b, size, seed)``."""
+    size = _check_size(size)
+    if int(batch_size) < 1 or int(start) < 0:
+        raise ValueError(f"need batch_size >= 1 and start >= 0; got {batch_size}, {start}")
+    return torch.from_numpy(_render_images(size, [derive_seed(seed, int(start) + j, _STREAM_TAG) for j in range(int(batch_size))]))
 
 
 def phantom_stream(batch_size: int, size: int = 64, seed: int = 0, start: int = 0,

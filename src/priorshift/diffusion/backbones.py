@@ -5,7 +5,7 @@ written before there was a choice are ``"unet"``), :func:`~priorshift.diffusion.
 ``TrainConfig.backbone`` names, and ``priorshift train --init`` the one of the prior it starts from. A new backbone
 is its module, one line at the end of this file and its test::
 
-    register("backbone", "patch-unet")(Backbone(PatchUNetConfig, PatchUNet, check=check_patch_unet_config))
+    register("backbone", "my-unet")(Backbone(MyConfig, MyNet, check=check_my_config))
 
 What a backbone provides (:class:`Backbone`):
 
@@ -17,6 +17,11 @@ What a backbone provides (:class:`Backbone`):
   ``(B, C, H, W)`` and ``c_noise = ln(σ) / 4`` of shape ``(B,)``, keeping its config as ``net.config``.
 - ``check(config)`` (optional): raise a ``ValueError`` naming the first setting the network cannot be built or
   trained with; run by ``TrainConfig.validate`` after the checks every backbone gets (:data:`MIN_IMAGE_SIZE`).
+- ``denoiser(edm, config)`` (optional): the whole-image denoiser ``D(x, σ)`` from the EDM-preconditioned network
+  ``edm`` (default: ``edm`` itself, checking the image size). A patch network is tiled here.
+- ``training_batch(config, images, generator)`` (optional): what one training step fits, ``(x0, cond, inside)``:
+  the targets, extra network inputs (``None``) and the pixels that get noise and loss (``None``: all). Default:
+  the images themselves.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Callable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
+from priorshift.diffusion import patch_unet
+from priorshift.diffusion.denoisers import EDMDenoiser
 from priorshift.diffusion.unet import UNet, UNetConfig, check_unet_config
 from priorshift.registry import get, names, register
 
@@ -49,6 +57,8 @@ class Backbone:
     config: type
     network: Callable[[Any], nn.Module]
     check: Callable[[Any], Any] | None = None
+    denoiser: Callable[[Any, Any], nn.Module] | None = None
+    training_batch: Callable[[Any, Any, Any], tuple] | None = None
 
     def __post_init__(self):
         have = {f.name for f in fields(self.config)} if is_dataclass(self.config) else set()
@@ -86,6 +96,19 @@ class Backbone:
             raise TypeError(f"{type(net).__name__} must keep its config as net.config (a backbone's network is rebuilt from it)")
         return net
 
+    def whole_image_denoiser(self, net: nn.Module, cfg, **preconditioning) -> nn.Module:
+        """``D(x, σ)`` of whole images from the raw network: EDM preconditioning (``preconditioning``: the
+        :class:`EDMDenoiser` keywords), then the backbone's ``denoiser`` (e.g. patch tiling) when it has one."""
+        if self.denoiser is None:
+            return EDMDenoiser(net, image_size=cfg.image_size, channels=cfg.channels, **preconditioning)
+        return self.denoiser(EDMDenoiser(net, channels=cfg.channels, **preconditioning), cfg)
+
+    def batch(self, cfg, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """One training step's ``(x0, cond, inside)`` from a batch of training images (module docstring)."""
+        if self.training_batch is None:
+            return images, None, None
+        return self.training_batch(cfg, images, generator)
+
 
 def get_backbone(name: str) -> Backbone:
     """The backbone registered as ``name``; a ``ValueError`` listing the registered ones otherwise."""
@@ -107,3 +130,5 @@ def backbone_of(net: nn.Module) -> str:
 
 # -- the registered backbones, one line each --------------------------------------------------------------------
 register("backbone", "unet")(Backbone(UNetConfig, UNet, check=check_unet_config))
+register("backbone", "patch-unet")(Backbone(patch_unet.PatchUNetConfig, patch_unet.PatchUNet, check=patch_unet.check_patch_unet_config,
+                                            denoiser=patch_unet.patch_denoiser, training_batch=patch_unet.training_batch))

@@ -132,14 +132,13 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     net.eval().requires_grad_(False)
     _check_weights(path, state, net, net_config.image_size, net_config.channels)
     pre = config.get("preconditioning", {})
-    denoiser = EDMDenoiser(
+    denoiser = backbone.whole_image_denoiser(
         net,
+        net_config,
         sigma_data=pre.get("sigma_data", 0.5),
         sigma_min=pre.get("sigma_min", 0.002),
         sigma_max=pre.get("sigma_max", 80.0),
         data_range=config.get("data_range", (-1.0, 1.0)),
-        image_size=net_config.image_size,
-        channels=net_config.channels,
     )
     denoiser.config = config
     return denoiser.to(device)

@@ -77,7 +77,9 @@ class EDMDenoiser(nn.Module):
         """The prior's image channels, ``None`` when not known."""
         return self._channels
 
-    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``D(x, σ)``; ``cond`` (optional): extra network inputs passed through unscaled (a patch network's
+        coordinate channels, :mod:`priorshift.diffusion.patch`)."""
         size = None if self.image_size is None else (self.image_size, self.image_size)
         if size is not None and tuple(x.shape[-2:]) != size:
             raise ValueError(
@@ -94,7 +96,8 @@ class EDMDenoiser(nn.Module):
         c_out = s * self.sigma_data / (s**2 + sd2).sqrt()
         c_in = 1 / (s**2 + sd2).sqrt()
         c_noise = sm.log() / 4
-        d = c_skip * xm + c_out * self.net(c_in * xm, c_noise)
+        f = self.net(c_in * xm, c_noise) if cond is None else self.net(c_in * xm, c_noise, cond=cond.to(dtype))
+        d = c_skip * xm + c_out * f
         return ((d - b) / a).to(x.dtype)
 
 

@@ -101,18 +101,23 @@ def _unet(self):
 TrainConfig.unet = property(_unet, doc="The UNet backbone's config (``network``) under its former name.")
 
 
-def edm_loss(denoiser: EDMDenoiser, x0: Tensor, generator: torch.Generator, p_mean: float, p_std: float, mask: Tensor | None = None) -> Tensor:
+def edm_loss(denoiser: EDMDenoiser, x0: Tensor, generator: torch.Generator, p_mean: float, p_std: float, mask: Tensor | None = None,
+             *, cond: Tensor | None = None, noised: Tensor | None = None) -> Tensor:
     """EDM loss ``E λ(σ) ‖D(x0 + σ n, σ) − x0‖²`` (mean over pixels and batch).
 
     ``mask`` (optional, broadcastable to x0, 1 = observed): the loss is restricted to observed pixels —
-    training from measurements only, as in Shoushtari et al.'s prior alignment.
+    training from measurements only, as in Shoushtari et al.'s prior alignment. ``cond``: extra network inputs
+    (a patch network's coordinates); ``noised`` (broadcastable to x0): only these pixels get noise, the others
+    (a patch's padding) are known exactly.
     """
     b = x0.shape[0]
     sigma = torch.exp(p_mean + p_std * torch.randn(b, generator=generator, device=x0.device, dtype=x0.dtype))
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if noised is not None:
+        noise = noise * noised
     s = sigma.reshape(-1, 1, 1, 1)
     weight = (s**2 + denoiser.sigma_data**2) / (s * denoiser.sigma_data) ** 2
-    err = (denoiser(x0 + s * noise, sigma) - x0) ** 2
+    err = (denoiser(x0 + s * noise, sigma, **({} if cond is None else {"cond": cond})) - x0) ** 2
     if mask is not None:
         return (weight * err * mask).sum() / (mask.expand_as(err).sum().clamp_min(1))
     return (weight * err).mean()
@@ -235,6 +240,10 @@ def train(
 ) -> Path | None:
     """Train on ``data`` ((N, C, H, W) in [-1, 1]) into directory ``out``; resume if a state is there.
 
+    ``data`` may also be a stream: a function ``data(step, batch_size) -> (batch_size, C, H, W)`` giving each
+    step's batch, a fixed function of ``step`` (procedural data rendered on the fly, never the same image twice;
+    resuming continues it). Its first batch is validated like a fixed set.
+
     Returns the path of the written prior ``out/NAME.safetensors`` (EMA weights + JSON config).
     ``meta`` (dataset description, command line, ...) is stored in the config. ``stop_at``: checkpoint and
     return ``None`` after that step, as if killed there (for tests and time-boxed sessions).
@@ -252,6 +261,11 @@ def train(
     meta = dict(meta or {})
     cfg.validate()
     c, size = cfg.network.channels, cfg.network.image_size
+    stream = callable(data)
+    if stream:  # validate the stream by its first batch, as a fixed set is validated whole
+        if mask is not None:
+            raise ValueError("a loss mask needs a fixed training set (one mask per image), not a stream")
+        data, draw = data(0, cfg.batch_size), data
     if data.ndim != 4 or tuple(data.shape[1:]) != (c, size, size):
         raise ValueError(f"training data must be (N, {c}, {size}, {size}); got {tuple(data.shape)}")
     if data.shape[0] < 1:
@@ -263,6 +277,8 @@ def train(
     lo, hi = float(data.min()), float(data.max())
     if lo < -1.0001 or hi > 1.0001:
         raise ValueError(f"training data spans [{lo:.4g}, {hi:.4g}]: images must be in [-1, 1] (for [0, 255] data: x / 127.5 - 1)")
+    if stream:
+        data = draw
     resume = check_run_dir(out, cfg, meta)
     prior_path = out / f"{cfg.name}.safetensors"
     if resume is not None and int(resume.get("step", 0)) == cfg.steps and prior_path.exists() and prior_path.with_suffix(".json").exists():
@@ -280,18 +296,24 @@ def train(
     if resume is not None:
         step, elapsed = _load_state(out, net, ema, opt)
         print(f"priorshift train: resuming {out} from step {step}/{cfg.steps}")
-    n = data.shape[0]
+    backbone = get_backbone(cfg.backbone)
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train {cfg.name}", unit="step", dynamic_ncols=True)
     loss_avg = None if resume is None else resume.get("loss_ema")
     rate_avg = None
     t_last = time.perf_counter()
     while step < cfg.steps:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
-        x0 = data[idx].float()
+        if stream:
+            images, loss_mask = data(step, cfg.batch_size).float(), None
+        else:
+            idx = torch.randint(0, data.shape[0], (cfg.batch_size,), generator=gen)
+            images, loss_mask = data[idx].float(), None if mask is None else mask[idx].float()
+        x0, cond, inside = backbone.batch(cfg.network, images, gen)
+        if inside is not None:
+            loss_mask = inside if loss_mask is None else loss_mask * inside
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
-        loss = edm_loss(denoiser, x0, gen, cfg.p_mean, cfg.p_std, mask=None if mask is None else mask[idx].float())
+        loss = edm_loss(denoiser, x0, gen, cfg.p_mean, cfg.p_std, mask=loss_mask, cond=cond, noised=inside)
         if not bool(torch.isfinite(loss)):
             bar.close()
             raise ValueError(f"the training loss is {loss.item()} at step {step + 1}: the run diverged (lr {cfg.lr:g} too high?); "
