@@ -77,7 +77,7 @@ def test_a_registered_backbone_trains_saves_and_loads(toy, data, tmp_path):
 
 
 def test_backbone_errors_are_clear(toy, data, tmp_path):
-    with pytest.raises(ValueError, match="unknown backbone 'nope'; choose one of: toy, unet"):
+    with pytest.raises(ValueError, match="unknown backbone 'nope'; choose one of: patch-unet, toy, unet"):
         TrainConfig(backbone="nope")
     with pytest.raises(ValueError, match="network config must be a ToyConfig, got UNetConfig"):
         TrainConfig(backbone=toy, network=TINY).validate()

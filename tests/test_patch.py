@@ -143,3 +143,92 @@ def test_cost_grows_as_one_plus_p_over_h_squared():
     den = PatchDenoiser(counting, patch_size=8, image_size=S, train_size=S, pad=PAD)
     den(torch.zeros(2, 1, S, S), torch.ones(2))
     assert calls == [2 * (math.ceil(S / 8) + 1) ** 2 * 64]
+
+
+# -- the patch-unet backbone: trained from a stream, saved, loaded as a whole-image denoiser ----------------------
+
+def _tiny_patch_cfg(**kw):
+    from priorshift.diffusion.patch_unet import PatchUNetConfig
+
+    return PatchUNetConfig(image_size=16, widths=(8, 16), embedding_dim=16, patch_size=8, pad=8, crop_sizes=(4, 8),
+                           crop_probs=(0.5, 0.5), p_whole=0.3, **kw)
+
+
+def _stream(step, batch_size):
+    g = torch.Generator().manual_seed(1000 + step)
+    return (torch.rand(batch_size, 1, 16, 16, generator=g) * 2 - 1).clamp(-1, 1)
+
+
+def test_patch_prior_trains_from_a_stream_and_loads_as_a_patch_denoiser(tmp_path):
+    from priorshift.diffusion import EDMDenoiser
+    from priorshift.diffusion.checkpoint import load_prior
+    from priorshift.diffusion.training import TrainConfig, train
+
+    cfg = TrainConfig(name="tiny-patch", steps=3, batch_size=4, backbone="patch-unet", network=_tiny_patch_cfg(), checkpoint_every=2)
+    path = train(cfg, _stream, tmp_path / "run", progress=False)
+    prior = load_prior(path)
+    assert isinstance(prior, PatchDenoiser) and prior.image_size == 16 and prior.config["architecture"] == "patch-unet"
+    assert prior.net.stem.in_channels == 1 + 2
+    by_hand = PatchDenoiser(EDMDenoiser(prior.net, sigma_data=0.5, channels=1), patch_size=8, image_size=16, train_size=16, pad=8)
+    x, sigma = torch.randn(3, 1, 16, 16), torch.tensor([0.1, 1.0, 10.0])
+    torch.testing.assert_close(prior(x, sigma), by_hand(x, sigma), rtol=0, atol=0)
+    big = prior.at_size(32)  # the same network on larger images
+    assert big(torch.randn(2, 1, 32, 32), torch.ones(2)).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="16"):
+        prior(torch.randn(1, 1, 32, 32), torch.ones(1))
+
+
+def test_a_stream_run_resumes_exactly(tmp_path):
+    from priorshift.diffusion.training import TrainConfig, train
+    from safetensors.torch import load_file
+
+    def cfg():
+        return TrainConfig(name="p", steps=4, batch_size=4, backbone="patch-unet", network=_tiny_patch_cfg(), checkpoint_every=1)
+
+    straight = train(cfg(), _stream, tmp_path / "a", progress=False)
+    assert train(cfg(), _stream, tmp_path / "b", progress=False, stop_at=2) is None
+    resumed = train(cfg(), _stream, tmp_path / "b", progress=False)
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_padding_gets_no_noise_and_no_loss():
+    """The EDM loss with ``noised=inside`` leaves padding clean and outside the loss: a network that is exact
+    inside and arbitrary outside has (nearly) zero loss."""
+    from priorshift.diffusion.training import edm_loss
+
+    inside = torch.zeros(2, 1, 8, 8)
+    inside[..., 2:6, 2:6] = 1
+    x0 = torch.where(inside.bool(), torch.rand(2, 1, 8, 8), torch.full((2, 1, 8, 8), -1.0))
+    seen = {}
+
+    class Oracle:
+        sigma_data = 0.5
+
+        def __call__(self, x, sigma, cond=None):
+            seen["x"] = x
+            return torch.where(inside.bool(), x0, torch.full_like(x0, 7.0))
+
+    loss = edm_loss(Oracle(), x0, torch.Generator().manual_seed(0), -1.2, 1.2, mask=inside, noised=inside)
+    assert float(loss) < 1e-10
+    assert torch.equal(seen["x"][~inside.bool().expand_as(x0)], x0[~inside.bool().expand_as(x0)])
+
+
+def test_train_cli_backbone_network_and_stream_flags(tmp_path, capsys):
+    from priorshift.cli import main
+    from priorshift.diffusion.checkpoint import load_prior
+
+    base = ["train", "--image-size", "16", "--steps", "1", "--batch-size", "2", "--no-grid", "--quiet"]
+    assert main([*base, "--data", "phantom-ct", "--stream", "--train-size", "8", "--out", str(tmp_path / "x")]) == 2
+    assert "--stream renders procedural phantoms" in capsys.readouterr().err
+    assert main([*base, "--data", "phantom-ct", "--backbone", "patch-unet", "--network", "depth=3", "--out", str(tmp_path / "x")]) == 2
+    assert "give KEY=VALUE with KEY one of" in capsys.readouterr().err
+    assert main([*base, "--data", "phantom-ct", "--backbone", "patch-unet", "--network", "crop_sizes=4,x", "--out", str(tmp_path / "x")]) == 2
+    assert "crop_sizes must be comma-separated ints" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    argv = [*base, "--data", "phantom-ct", "--stream", "--backbone", "patch-unet", "--network", "widths=8,16", "--network", "embedding_dim=16",
+            "--network", "crop_sizes=4,8", "--network", "patch_size=8", "--network", "pad=8", "--out", str(tmp_path / "ok")]
+    assert main(argv) == 0
+    prior = load_prior(tmp_path / "ok")
+    assert isinstance(prior, PatchDenoiser) and prior.patch_size == 8 and prior.config["dataset"]["n"] is None
+    assert tuple(prior.config["patch-unet"]["crop_sizes"]) == (4, 8)
