@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from priorshift.adapt import AdaptConfig, adapt_prior, add_parser, measured_set, simulate_measurements
+from priorshift.adapt import AdaptConfig, adapt_prior, measured_set, simulate_measurements
 from priorshift.analytic import stationary_gaussian
+from priorshift.cli.adapt import add_parser
 from priorshift.diffusion import UNetConfig
 from priorshift.diffusion.checkpoint import load_prior
 from priorshift.diffusion.training import TrainConfig, train
@@ -126,3 +127,29 @@ def test_the_adapt_command(tmp_path, mismatched, capsys):
                               "--out", str(tmp_path / "run2")])
     with pytest.raises(ValueError, match="--masks"):
         args.func(args)
+
+
+def test_the_adapt_command_with_any_operator(tmp_path, mismatched, capsys):
+    from priorshift.cli import main
+    from priorshift.operators import make_operator
+
+    x = _images(8, 0.5, 3)
+    np.save(tmp_path / "x.npy", x.numpy())
+    common = ["adapt", "--prior", str(mismatched), "--steps", "2", "--eval-every", "1", "--batch-size", "4", "--quiet"]
+    assert main(common + ["--operator", "ct:views=8,noise=0.01", "--images", str(tmp_path / "x.npy"), "--out", str(tmp_path / "ct")]) == 0
+    assert "8 ct measurements" in capsys.readouterr().out
+    info = json.loads((tmp_path / "ct" / "ct.json").read_text())
+    assert info["adapted_on"]["operator"] == "ct:views=8,noise=0.01" and info["adaptation"]["kind"] == "ct"
+    y, _ = simulate_measurements(make_operator("ct", image_size=8, n_views=8, noise_std=0.01), x, seed=0)  # sinograms measured elsewhere
+    np.save(tmp_path / "y.npy", y.numpy())
+    assert main(common + ["--operator", "ct:views=8", "--measurements", str(tmp_path / "y.npy"), "--out", str(tmp_path / "ct2")]) == 0
+    for argv, message in (
+        (["--operator", "ct", "--images", str(tmp_path / "x.npy"), "--p", "0.5"], "--p: only inpainting and mri measurements have masks"),
+        (["--kind", "mri", "--images", str(tmp_path / "x.npy"), "--p", "0.5"], "--p: not a setting of mri measurements"),
+        (["--kind", "inpainting", "--measurements", str(tmp_path / "x.npy"), "--masks", str(tmp_path / "x.npy"), "--block", "2"],
+         "--block: not a setting of inpainting measurements given as --measurements"),
+        (["--operator", "inpaint:p=0.5", "--images", str(tmp_path / "x.npy")], "give the bare name"),
+    ):
+        assert main(common + argv + ["--out", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

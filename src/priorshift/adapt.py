@@ -1,13 +1,20 @@
 """Prior alignment from measurements only (Shoushtari et al., arXiv 2505.11482, §2.3 of research/algorithms.md):
 fine-tune a mismatched diffusion prior on a few measured images so that its score moves towards the data's.
 
-**Loss.** The EDM loss (Karras et al. 2022) with the measurement in place of the clean image:
+**Loss.** The EDM loss (Karras et al. 2022) with the back-projected measurement
+(:func:`priorshift.operators.back_project`) in place of the clean image:
 
 * inpainting, ``y = m ⊙ x + e``: ``E λ(σ) ‖(D(m ⊙ y + σ n, σ) − m ⊙ y) ⊙ m‖² / Σ m`` — the loss is restricted
   to the observed pixels (:func:`priorshift.diffusion.training.edm_loss` with ``mask=m``); missing pixels are
   0 in the input (the official code's fill 0.5 in [0, 1]); each measurement keeps its own mask;
 * single-coil Cartesian MRI, ``y = M F x + e``: the plain EDM loss on the zero-filled image ``Re(Fᴴ M y)``
-  (the paper's recipe; aliasing is learnt as part of the images, which is why the MRI alignment is weaker).
+  (the paper's recipe; aliasing is learnt as part of the images, which is why the MRI alignment is weaker);
+* any other operator (CT, blur, downsampling, denoising): the plain EDM loss on ``A⁺ y`` — its artifacts
+  (streaks, ringing, blocks, noise) are learnt as part of the images, as MRI's aliasing is.
+
+The training set (:mod:`priorshift.measured`, re-exported here): :func:`measured_set` back-projects measurements
+with the operator that made them; :func:`simulate_measurements` measures clean images with it, each image its own
+mask (where the operator has random masks) and noise from its seed.
 
 Targets are clipped to [-1, 1] (noise on bright pixels, Gibbs overshoot of zero-filled images) — training
 data must lie there.
@@ -27,140 +34,26 @@ improvement; a loadable prior from the first tick on), ``adapt_state.json`` (his
 state, atomic), ``train/`` (the training run's checkpoint). A killed run resumes where it stopped and ends
 exactly as an uninterrupted one; a finished run is not retrained.
 
-``priorshift adapt`` is this module's command (:func:`add_parser`).
+``priorshift adapt`` is this module's command (:mod:`priorshift.cli.adapt`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
 import json
 import math
-import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from priorshift.measured import KINDS, MeasuredSet, measured_set, simulate_measurements
+
 if TYPE_CHECKING:  # torch is imported where it is used: `priorshift --help` stays light
     from torch import Tensor
 
-__all__ = ["AdaptConfig", "AdaptResult", "MeasuredSet", "measured_set", "simulate_measurements", "adapt_prior", "add_parser", "KINDS"]
-
-KINDS = ("inpainting", "mri")
-
-
-# -- the measured training set ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MeasuredSet:
-    """What alignment trains on. ``targets``: ``(N, C, H, W)`` float32 in [-1, 1], the back-projected
-    measurements; ``masks``: ``(N, 1, H, W)`` 0/1 loss masks (inpainting, 1 = observed) or ``None`` (MRI:
-    unmasked loss); ``kind``: ``"inpainting"`` or ``"mri"``."""
-
-    targets: Tensor
-    masks: Tensor | None
-    kind: str
-
-    def __len__(self) -> int:
-        return int(self.targets.shape[0])
-
-    def digest(self) -> str:
-        h = hashlib.sha256(self.targets.contiguous().numpy().tobytes())
-        if self.masks is not None:
-            h.update(self.masks.contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
-
-    def subset(self, idx: Tensor) -> "MeasuredSet":
-        return MeasuredSet(self.targets[idx], None if self.masks is None else self.masks[idx], self.kind)
-
-
-def _check_01(masks: Tensor, name: str = "masks") -> Tensor:
-    import torch
-
-    from priorshift._checks import check_tensor
-
-    if isinstance(masks, torch.Tensor) and masks.dtype == torch.bool:
-        masks = masks.float()
-    check_tensor(masks, name)
-    if not bool(((masks == 0) | (masks == 1)).all()):
-        raise ValueError(f"{name} must contain only 0 (missing) and 1 (observed)")
-    return masks
-
-
-def measured_set(kind: str, y: Tensor, masks: Tensor) -> MeasuredSet:
-    """Build the training set from measurements ``y`` and their masks (1 = observed / sampled).
-
-    * ``"inpainting"``: ``y`` (N, C, H, W); ``masks`` (H, W), (1, H, W), (N, H, W) or (N, 1, H, W);
-    * ``"mri"``: ``y`` (N, C, H, W, 2) centred k-space (real, imaginary); ``masks`` (H, W) or (N, H, W).
-    """
-    import torch
-
-    from priorshift._checks import check_tensor
-
-    if kind not in KINDS:
-        raise ValueError(f"unknown measurement kind {kind!r}; choose one of {', '.join(KINDS)}")
-    masks = _check_01(masks)
-    if kind == "inpainting":
-        check_tensor(y, "y", ndim=4)
-        n, c, h, w = y.shape
-        m = masks
-        if m.ndim == 2:
-            m = m[None, None]
-        elif m.ndim == 3:
-            m = m.unsqueeze(1)
-        if m.ndim != 4 or m.shape[1] != 1 or m.shape[-2:] != (h, w) or m.shape[0] not in (1, n):
-            raise ValueError(f"masks of shape {tuple(masks.shape)} do not fit inpainting measurements {tuple(y.shape)}: give (H, W), (N, H, W) or (N, 1, H, W)")
-        m = m.expand(n, 1, h, w).float().contiguous()
-        targets = (y.float() * m).clamp(-1, 1)
-        return MeasuredSet(targets, m, kind)
-    check_tensor(y, "y", ndim=5)
-    n, c, h, w, two = y.shape
-    if two != 2:
-        raise ValueError(f"MRI measurements must be (N, C, H, W, 2) (real, imaginary last), got {tuple(y.shape)}")
-    m = masks
-    while m.ndim > 3 and m.shape[1] == 1:
-        m = m[:, 0]
-    if m.ndim == 2:
-        m = m.unsqueeze(0)
-    if m.ndim != 3 or m.shape[-2:] != (h, w) or m.shape[0] not in (1, n):
-        raise ValueError(f"masks of shape {tuple(masks.shape)} do not fit MRI measurements {tuple(y.shape)}: give (H, W) or (N, H, W)")
-    k = torch.view_as_complex(y.double().contiguous()) * m.double().unsqueeze(1)
-    zf = torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)), norm="ortho").real
-    return MeasuredSet(zf.float().clamp(-1, 1), None, kind)
-
-
-def simulate_measurements(
-    kind: str, images: Tensor, *, seed=0, p: float = 0.8, block: int = 4, acceleration: float = 4.0, center_lines: int | None = None,
-    noise_std: float = 0.0,
-) -> tuple[Tensor, Tensor]:
-    """Measure clean ``images`` (N, C, H, W) for experiments: each image its own random mask and noise,
-    drawn from its seed (:func:`priorshift.rng.per_image_rng`). Returns ``(y, masks)``: inpainting
-    ``y`` (N, C, H, W), masks (N, 1, H, W) of ``block``-pixel tiles observed with probability ``p``; MRI ``y``
-    (N, C, H, W, 2), masks (N, H, W) (:func:`priorshift.operators.cartesian_mask`)."""
-    import torch
-
-    from priorshift._checks import check_image
-    from priorshift.operators import cartesian_mask, random_block_mask
-    from priorshift.rng import per_image_rng
-
-    check_image(images, "images")
-    if kind not in KINDS:
-        raise ValueError(f"unknown measurement kind {kind!r}; choose one of {', '.join(KINDS)}")
-    n, c, h, w = images.shape
-    rng = per_image_rng(seed, n, images.device)
-    if kind == "inpainting":
-        masks = torch.stack([random_block_mask((h, w), block, p, generator=g) for g in rng.generators]).to(images.dtype)
-        y = images * masks
-        if noise_std > 0:
-            y = y + noise_std * rng.randn((c, h, w), dtype=images.dtype)
-        return y, masks
-    center = max(1, w // 8) if center_lines is None else int(center_lines)
-    masks = torch.stack([cartesian_mask((h, w), acceleration, center, generator=g) for g in rng.generators]).to(images.dtype)
-    k = torch.view_as_real(torch.fft.fftshift(torch.fft.fft2(images, norm="ortho"), dim=(-2, -1)))
-    if noise_std > 0:
-        k = k + noise_std * rng.randn((c, h, w, 2), dtype=images.dtype)
-    return k * masks[:, None, :, :, None], masks
+__all__ = ["AdaptConfig", "AdaptResult", "MeasuredSet", "measured_set", "simulate_measurements", "adapt_prior", "KINDS"]
 
 
 # -- configuration and result ----------------------------------------------------------------------------
@@ -380,93 +273,3 @@ def adapt_prior(
         path=prior_path, history=[tuple(h) for h in state["history"]], best_step=int(state["best_step"]), best_val_loss=float(state["best_val_loss"]),
         initial_val_loss=float(state["history"][0][1]), stopped=state["stopped"], n_train=len(tr), n_val=len(va), steps_run=int(state["step"]),
     )
-
-
-# -- the command -------------------------------------------------------------------------------------------
-def _load_array(path: str, what: str) -> Tensor:
-    import numpy as np
-    import torch
-
-    if not Path(path).is_file():
-        raise ValueError(f"{what} file {path!r} does not exist")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(f"{what} file {path!r} cannot be read as a plain .npy array ({e})") from None
-    if arr.size == 0:
-        raise ValueError(f"{what} file {path!r} is empty")
-    return torch.from_numpy(np.ascontiguousarray(arr)).float()
-
-
-def _cmd_adapt(args) -> int:
-    import torch
-
-    from priorshift.diffusion.checkpoint import load_prior
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if (args.measurements is None) == (args.images is None):
-        raise ValueError("give exactly one of --measurements Y.npy (with --masks M.npy) or --images X.npy (measured here, for experiments)")
-    cfg = AdaptConfig(
-        name=args.name or Path(args.out).name, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-        ema_decay=args.ema_decay, seed=args.seed, eval_every=args.eval_every, patience=args.patience, min_improvement=args.min_improvement,
-        val_fraction=args.val_fraction, val_draws=args.val_draws,
-    ).validate()
-    prior = load_prior(args.prior)
-    if args.measurements is not None:
-        if args.masks is None:
-            raise ValueError("--measurements needs --masks M.npy (1 = observed pixel / sampled k-space column)")
-        y, masks = _load_array(args.measurements, "--measurements"), _load_array(args.masks, "--masks")
-        source = {"measurements": args.measurements, "masks": args.masks}
-    else:
-        from priorshift.data import npy_stack
-
-        x = npy_stack(args.images)
-        y, masks = simulate_measurements(args.kind, x, seed=args.seed, p=args.p, block=args.block, acceleration=args.accel,
-                                         center_lines=args.center_lines, noise_std=args.noise)
-        source = {"images": args.images, "p": args.p, "block": args.block, "accel": args.accel, "noise": args.noise}
-    data = measured_set(args.kind, y, masks)
-    argv = getattr(args, "argv", None)
-    meta = {"adapted_on": {"kind": args.kind, **source, "n": len(data)}, "prior_source": str(args.prior)}
-    if argv:
-        meta["command"] = "priorshift " + " ".join(shlex.quote(a) for a in argv)
-    res = adapt_prior(prior, data, args.out, cfg, meta=meta, progress=not args.quiet)
-    print(f"priorshift adapt: {len(data)} {args.kind} measurements ({res.n_train} train / {res.n_val} held out); "
-          f"held-out loss {res.initial_val_loss:.5f} → {res.best_val_loss:.5f} (step {res.best_step} of {res.steps_run}; {res.stopped})")
-    print(f"  wrote {res.path} and {res.path.with_suffix('.json').name}")
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``priorshift adapt`` on the CLI's subparsers (``cli.build_parser``) with its handler."""
-    a = subparsers.add_parser(
-        "adapt", help="align a mismatched prior to measured data (masked EDM loss on measurements only, early stopping); resumable",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    a.add_argument("--prior", required=True, help="the prior to align: bundled name or checkpoint path")
-    a.add_argument("--kind", choices=KINDS, required=True, help="inpainting (loss on observed pixels) or mri (zero-filled images)")
-    a.add_argument("--measurements", default=None, help="Y.npy: inpainting (N, C, H, W) or MRI k-space (N, C, H, W, 2), centred")
-    a.add_argument("--masks", default=None, help="M.npy: the measurements' masks, 1 = observed; (H, W) or one per measurement")
-    a.add_argument("--images", default=None, help="X.npy: clean images to measure here instead (experiments): each its own random mask")
-    a.add_argument("--p", type=float, default=0.8, help="with --images, inpainting: observation probability of a tile")
-    a.add_argument("--block", type=int, default=4, help="with --images, inpainting: tile size in pixels")
-    a.add_argument("--accel", type=float, default=4.0, help="with --images, MRI: acceleration")
-    a.add_argument("--center-lines", type=int, default=None, help="with --images, MRI: fully sampled centre columns (default W // 8)")
-    a.add_argument("--noise", type=float, default=0.0, help="with --images: measurement noise std (in [-1, 1] image units)")
-    a.add_argument("--out", required=True, help="run directory: the aligned prior NAME.safetensors/.json, adapt_state.json, train/")
-    a.add_argument("--name", default=None, help="name of the aligned prior (default: the run directory's name)")
-    a.add_argument("--steps", type=int, default=AdaptConfig.steps, help="at most this many steps")
-    a.add_argument("--batch-size", type=int, default=AdaptConfig.batch_size)
-    a.add_argument("--lr", type=float, default=AdaptConfig.lr)
-    a.add_argument("--warmup-steps", type=int, default=AdaptConfig.warmup_steps)
-    a.add_argument("--ema-decay", type=float, default=AdaptConfig.ema_decay)
-    a.add_argument("--eval-every", type=int, default=AdaptConfig.eval_every, help="steps per tick (held-out evaluation + checkpoint)")
-    a.add_argument("--patience", type=int, default=AdaptConfig.patience, help="ticks without improvement before stopping")
-    a.add_argument("--min-improvement", type=float, default=AdaptConfig.min_improvement, help="relative improvement that counts")
-    a.add_argument("--val-fraction", type=float, default=AdaptConfig.val_fraction, help="share of the measurements held out")
-    a.add_argument("--val-draws", type=int, default=AdaptConfig.val_draws, help="noise draws per held-out measurement")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
-    a.add_argument("--quiet", action="store_true")
-    a.set_defaults(func=_cmd_adapt)
-    return a

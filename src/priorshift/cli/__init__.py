@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", default=None, metavar="PRIOR",
                    help="fine-tune: start from this prior's weights (bundled name or path; its architecture is used)")
     t.add_argument("--no-attention", action="store_true", help="no self-attention at the lowest resolution")
+    t.add_argument("--backbone", default=None, help="network backbone, a registered name: unet (default), patch-unet (PaDIS patches "
+                   "with coordinate channels); with --init: the prior's")
+    t.add_argument("--network", action="append", default=None, metavar="KEY=VALUE",
+                   help="a backbone setting, repeatable (e.g. patch-unet: patch_size=32, crop_sizes=16,32, widths=32,64,128)")
+    t.add_argument("--stream", action="store_true", help="phantom-ct only: render new phantoms on the fly for every step "
+                   "(no fixed --train-size set; resumable)")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-size", type=int, default=None, help="number of training images (procedural data: how many to generate)")
@@ -90,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("dir", help="the results folder")
     rp.set_defaults(func=_cmd_report)
 
-    from priorshift.adapt import add_parser as add_adapt_parser
+    from .adapt import add_parser as add_adapt_parser
 
     add_adapt_parser(sub)
 
