@@ -29,7 +29,8 @@ denoisers. ``‖W v‖²`` is taken in the ``Vᵀ`` basis: ``p⁻³ ‖v‖²`` 
 (W − c)`` on the others).
 
 **Any operator.** Measurements are made by the operator itself (:func:`priorshift.operators.measure`: its
-forward map, its per-image masks, its noise) and back-projected by it: ``V ȳ = A⁺ y`` (``ȳ = S⁺ Uᵀ y``). An
+forward map, its per-image masks, its noise) and back-projected by it: ``V ȳ = A⁺ y`` (``ȳ = S⁺ Uᵀ y``; MRI:
+the zero-filled image above). An
 operator without random masks (CT, blur, downsampling, denoising, a deepinv physics) has a deterministic
 ``P`` (the projection onto its row space), ``E[P]`` is 1 there, and the weight is ``W = I``: the estimate is the
 KL between the two priors seen through ``A⁺ A`` (plus noise). For a pure mean shift it is the image-domain KL
@@ -46,8 +47,9 @@ exactly, whatever the operator (``tests/test_measurement_any_operator.py``).
 
 **Random masks.** With clean images as ``data`` (the paper's experiments) a fresh mask ``P`` (and measurement
 noise ``e``) is drawn for every term — every (image, σ, draw), each term from its own generator seeded from
-its image's — so the expectation over ``P`` is Monte Carlo with one draw per term. With real measurements (``masks=`` given) each image's own mask is used at every σ:
-the expectation over ``P`` is then taken across images, which is all measured data allow.
+its image's — so the expectation over ``P`` is Monte Carlo with one draw per term. With real measurements
+(``masks=`` given) each image's own mask is used at every σ: the expectation over ``P`` is then taken across
+images, which is all measured data allow.
 
 **Quadrature** on a log-spaced σ grid: :mod:`priorshift.detectors.kl_quadrature`.
 
