@@ -90,6 +90,13 @@ class StepState:
     dt: float
     likelihood_updates: Mapping[str, Tensor] = field(default_factory=dict)
 
+    @staticmethod
+    def coefficients(sigma: float, sigma_next: float) -> tuple[float, float]:
+        """``(g, dt)`` of the step from ``sigma`` to ``sigma_next`` (``sigma > sigma_next >= 0``), as above:
+        ``dt = sigma - sigma_next``, ``g = sqrt((sigma² - sigma_next²) / dt)``."""
+        dt = sigma - sigma_next
+        return ((sigma**2 - sigma_next**2) / dt) ** 0.5, dt
+
 
 Hook = Callable[[StepState], None]
 """A per-step observer: called once per step with a :class:`StepState`; must not modify it."""

@@ -16,16 +16,18 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from priorshift.detectors.base import score_batches
-from priorshift.detectors.klip import KLIP, aggregate_step_maps, image_score, spread_normalized, window_steps
+from priorshift.detectors.klip import KLIP, aggregate_step_maps, image_score, spread_normalized, step_norm, window_steps
 from priorshift.detectors.klip_multiscale import fit_windows, window_features, window_zscores
 from priorshift.io import atomic_write, atomic_write_json
 from priorshift.metrics import block_auroc, ood_metrics
+from priorshift.types import StepState
 
 __all__ = ["Trace", "score_set", "load_or_score", "Setting", "evaluate", "tune", "tune_joint", "ablation_settings", "VARIANT_NAMES",
            "STEP_WEIGHTINGS", "multiscale_scores"]
@@ -155,7 +157,8 @@ class Setting:
 
     Traces are recorded with KLIP's default ``normalization="g"`` (step map ``‖Δx_k‖² / g_k²``, ``g_k² = σ_k +
     σ_{k+1}``); ``"sigma_power"`` (``‖Δx_k‖² / σ_k^{2p}``, p = ``sigma_power``) and ``"none"`` are rebuilt exactly
-    by reweighting each step's map by ``g_k² / n_k²``. (``"kl"`` needs the ln σ cells and is not offered here.)"""
+    by reweighting each step's map by ``g_k² / n_k²`` (:func:`~priorshift.detectors.klip.step_norm`, as the detector).
+    (``"kl"`` needs the ln σ cells and ``"ddpm"`` the prior's timestep grid: neither is offered here.)"""
 
     window: tuple[float, float]
     block: int | None
@@ -175,11 +178,11 @@ class Setting:
             raise ValueError(f"normalization {self.normalization!r} cannot be rebuilt from a trace; use g, sigma_power or none")
         key = (self.normalization, self.sigma_power if self.normalization == "sigma_power" else None)
         if key not in trace._reweighted:
-            sig = trace.sigmas.to(torch.float64)
-            T = trace.step_maps.shape[1]
-            g2 = sig[:T] + sig[1:T + 1]
-            n2 = sig[:T] ** (2 * self.sigma_power) if self.normalization == "sigma_power" else torch.ones_like(g2)
-            trace._reweighted[key] = trace.step_maps.to(torch.float64) * (g2 / n2).reshape(1, T, 1, 1)
+            # each step's map × (n_g / n_new)², both normalisers as KLIP's hook computes them from the step's (σ, g)
+            sig, T = trace.sigmas.tolist(), trace.step_maps.shape[1]
+            steps = [SimpleNamespace(i=k, sigma=sig[k], g=StepState.coefficients(sig[k], sig[k + 1])[0]) for k in range(T)]
+            ratio = [(step_norm("g", s, None, self.sigma_power) / step_norm(self.normalization, s, None, self.sigma_power)) ** 2 for s in steps]
+            trace._reweighted[key] = trace.step_maps.to(torch.float64) * torch.tensor(ratio, dtype=torch.float64).reshape(1, T, 1, 1)
         return trace._reweighted[key]
 
     def maps(self, trace: Trace) -> Tensor:

@@ -54,7 +54,7 @@ from priorshift.samplers.plan import SamplingPlan
 from priorshift.types import Scores, StepState
 
 __all__ = ["KLIP", "KLIPAccumulator", "aggregate_step_maps", "window_steps", "image_score", "spread_normalized", "VARIANTS", "NORMALIZATIONS",
-           "REDUCTIONS", "SCORES"]
+           "REDUCTIONS", "SCORES", "step_norm"]
 
 # ΠGDM's likelihood step carries the size of the disagreement between y and the prior (normalised DPS does not).
 DEFAULT_PLAN = {"sampler": "pigdm", "steps": 100}
@@ -100,6 +100,17 @@ def spread_normalized(block_map: Tensor, spread_map: Tensor, floor: float) -> Te
     return block_map / (spread_map + floor * ref).clamp_min(torch.finfo(block_map.dtype).tiny)
 
 
+def step_norm(normalization: str, state, kl_weight: float | None, sigma_power: float, step_norms: Tensor | None = None) -> float:
+    """``n_k`` of ``u_k = Δx_k / n_k`` (module docstring) at a step ``state`` (its ``i``, ``sigma``, ``g``)."""
+    if normalization == "g":
+        return state.g
+    if normalization == "kl":
+        return 1.0 / math.sqrt(kl_weight)
+    if normalization == "sigma_power":
+        return state.sigma**sigma_power
+    return float(step_norms[state.i]) if normalization == "ddpm" else 1.0
+
+
 class KLIPAccumulator:
     """The per-step hook: accumulates KLIP's block map, the KL in nats and a per-step curve online.
 
@@ -135,17 +146,6 @@ class KLIPAccumulator:
             lower = upper if upper > 0 else 0.5 * math.log(2.0)
         return upper + lower
 
-    def _norm(self, state: StepState, kl_weight: float) -> float:
-        if self.normalization == "g":
-            return state.g
-        if self.normalization == "kl":
-            return 1.0 / math.sqrt(kl_weight)
-        if self.normalization == "sigma_power":
-            return state.sigma**self.sigma_power
-        if self.normalization == "ddpm":
-            return float(self.step_norms[state.i])
-        return 1.0
-
     def __call__(self, state: StepState) -> None:
         if self.stage is None:
             u = state.likelihood_update
@@ -160,7 +160,7 @@ class KLIPAccumulator:
         kl_weight = state.sigma**2 * self._log_sigma_cell(state) / g2dt**2
         self._sigma_prev = state.sigma
         kl_step = per_sample.mean(1) * kl_weight  # (B,) this step's KL contribution in nats
-        n = self._norm(state, kl_weight)
+        n = step_norm(self.normalization, state, kl_weight, self.sigma_power, self.step_norms)
         self.curve.append((per_sample.mean(1) / n**2).to("cpu", torch.float64))
         self.kl_curve.append(kl_step.to("cpu", torch.float64))
         self.sigmas.append(state.sigma)

@@ -194,8 +194,7 @@ class SamplerRun:
             likelihood = torch.zeros_like(x)
         x_next = x + prior_update + likelihood
         if self.hooks:
-            # g² dt = σ² − σn², in the time variable t = σ: dt = σ − σn.
-            dt = sigma - sigma_next
+            g, dt = StepState.coefficients(sigma, sigma_next)  # g² dt = σ² − σn², in the time variable t = σ
             state = StepState(
                 i=i,
                 n_steps=self.n_steps,
@@ -205,7 +204,7 @@ class SamplerRun:
                 x0_hat=self.view(x0_hat),
                 prior_update=self.view(prior_update),
                 likelihood_update=self.view(likelihood),
-                g=((sigma**2 - sigma_next**2) / dt) ** 0.5,
+                g=g,
                 dt=dt,
                 likelihood_updates={k: self.view(v) for k, v in likelihood_updates.items()},
             )
