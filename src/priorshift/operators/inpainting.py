@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from priorshift._checks import check_image, check_tensor
+from priorshift._checks import check_image
 from priorshift.operators.base import LinearOperator
 from priorshift.operators.masks import BlockMasks, RedrawMasks
 from priorshift.registry import register
@@ -30,19 +29,13 @@ class Inpainting(RedrawMasks, LinearOperator):
 
     name = "inpainting"
     pinv_is_exact = True
+    family_type = BlockMasks
 
     def __init__(self, mask: Tensor, noise_std: float = 0.0, *, mask_family: BlockMasks | None = None):
         super().__init__(noise_std)
-        if mask_family is not None and not isinstance(mask_family, BlockMasks):
-            raise ValueError(f"mask_family must be a BlockMasks, got {type(mask_family).__name__}")
-        self.mask_family = mask_family
-        if isinstance(mask, Tensor) and mask.dtype == torch.bool:
-            mask = mask.float()
-        check_tensor(mask, "mask")
-        if mask.is_complex() or not 2 <= mask.ndim <= 4:
+        mask = self._init_mask(mask, mask_family)
+        if not 2 <= mask.ndim <= 4:
             raise ValueError(f"mask must be a real (H, W), (C, H, W) or (B, C, H, W) tensor, got shape {tuple(mask.shape)}")
-        if not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("mask must contain only 0 (missing) and 1 (observed)")
         self.mask = mask.detach()
         self._cache: dict = {}
 
@@ -50,8 +43,7 @@ class Inpainting(RedrawMasks, LinearOperator):
     def random(cls, size, p: float, block: int = 1, *, noise_std: float = 0.0, seed: int = 0) -> "Inpainting":
         """Random-block inpainting (:class:`~priorshift.operators.masks.BlockMasks`: ``block``-pixel tiles observed
         with probability ``p``); its own mask ``(1, H, W)`` drawn from ``seed``, per-image ones by :meth:`redraw`."""
-        family = BlockMasks(p, block)
-        return cls(family.draw(size, [torch.Generator().manual_seed(int(seed))])[0], noise_std, mask_family=family)
+        return cls._from_family(BlockMasks(p, block), size, noise_std, seed)
 
     @classmethod
     def example(cls, image_size: int = 16, channels: int = 1, noise_std: float = 0.05) -> "Inpainting":

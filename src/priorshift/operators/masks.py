@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from priorshift._checks import check_tensor
 from priorshift.rng import per_image_rng
 
 __all__ = ["random_pixel_mask", "random_block_mask", "box_mask", "checkerboard_mask", "as_size", "BlockMasks", "RedrawMasks"]
@@ -149,9 +150,29 @@ class BlockMasks:
 
 class RedrawMasks:
     """Mixin for an operator with a 0/1 ``mask`` (its last two dims the image size), ``noise_std`` and an optional
-    ``mask_family``; its constructor takes ``(mask, noise_std, mask_family=...)``."""
+    ``mask_family`` of type ``family_type``; its constructor takes ``(mask, noise_std, mask_family=...)``."""
 
     mask_family = None
+    family_type: type = object
+
+    def _init_mask(self, mask: Tensor, mask_family) -> Tensor:
+        """Keep ``mask_family`` (checked); return ``mask`` as a real float tensor of 0/1, or raise a ``ValueError``."""
+        if mask_family is not None and not isinstance(mask_family, self.family_type):
+            raise ValueError(f"mask_family must be a {self.family_type.__name__}, got {type(mask_family).__name__}")
+        self.mask_family = mask_family
+        if isinstance(mask, Tensor) and mask.dtype == torch.bool:
+            mask = mask.float()
+        check_tensor(mask, "mask")
+        if mask.is_complex():
+            raise ValueError("mask must be a real tensor of 0 and 1, got a complex one")
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("mask must contain only 0 (missing) and 1 (observed)")
+        return mask
+
+    @classmethod
+    def _from_family(cls, family, size, noise_std: float, seed: int):
+        """An operator with ``family`` and its own mask, one draw from ``seed``."""
+        return cls(family.draw(size, [torch.Generator().manual_seed(int(seed))])[0], noise_std, mask_family=family)
 
     def redraw(self, seed, batch_size: int, device=None):
         """A copy of this operator with one mask per image, ``(B, ...)``, drawn from ``mask_family``: image ``b``'s

@@ -134,23 +134,17 @@ class MRI(RedrawMasks, LinearOperator):
 
     name = "mri"
     pinv_is_exact = True
+    family_type = CartesianMasks
 
     def __init__(self, mask: Tensor, noise_std: float = 0.0, *, mask_family: CartesianMasks | None = None):
         super().__init__(noise_std)
-        if mask_family is not None and not isinstance(mask_family, CartesianMasks):
-            raise ValueError(f"mask_family must be a CartesianMasks, got {type(mask_family).__name__}")
-        self.mask_family = mask_family
-        if isinstance(mask, Tensor) and mask.dtype == torch.bool:
-            mask = mask.float()
-        check_tensor(mask, "mask")
+        mask = self._init_mask(mask, mask_family)
         while mask.ndim > 2 and mask.shape[0] == 1:
             mask = mask[0]
         if mask.ndim == 4 and mask.shape[1] == 1:
             mask = mask[:, 0]
-        if mask.is_complex() or mask.ndim not in (2, 3):
+        if mask.ndim not in (2, 3):
             raise ValueError(f"mask must be a real (H, W) k-space mask or (B, H, W) per-image masks, got shape {tuple(mask.shape)}")
-        if not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("mask must contain only 0 (not sampled) and 1 (sampled)")
         self.mask = mask.detach()
         self._cache: dict = {}
 
@@ -158,8 +152,7 @@ class MRI(RedrawMasks, LinearOperator):
     def random(cls, size, acceleration: float = 4.0, center_lines: int | None = None, *, noise_std: float = 0.0, seed: int = 0) -> "MRI":
         """Random Cartesian sampling (:class:`CartesianMasks`); its own mask ``(H, W)`` drawn from ``seed``,
         per-image ones by :meth:`redraw`."""
-        family = CartesianMasks(acceleration, center_lines)
-        return cls(family.draw(size, [torch.Generator().manual_seed(int(seed))])[0], noise_std, mask_family=family)
+        return cls._from_family(CartesianMasks(acceleration, center_lines), size, noise_std, seed)
 
     @classmethod
     def example(cls, image_size: int = 16, channels: int = 1, noise_std: float = 0.05) -> "MRI":
