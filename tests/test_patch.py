@@ -232,3 +232,18 @@ def test_train_cli_backbone_network_and_stream_flags(tmp_path, capsys):
     prior = load_prior(tmp_path / "ok")
     assert isinstance(prior, PatchDenoiser) and prior.patch_size == 8 and prior.config["dataset"]["n"] is None
     assert tuple(prior.config["patch-unet"]["crop_sizes"]) == (4, 8)
+
+
+def test_alignment_refuses_a_patch_prior_with_one_clear_error(tmp_path):
+    from priorshift.adapt import adapt_prior
+    from priorshift.diffusion.checkpoint import load_prior
+    from priorshift.diffusion.training import TrainConfig, train
+
+    path = train(TrainConfig(name="p", steps=1, batch_size=2, backbone="patch-unet", network=_tiny_patch_cfg()), _stream, tmp_path / "run",
+                 progress=False)
+    with pytest.raises(ValueError, match="patch priors are not supported yet"):
+        adapt_prior(load_prior(path), None, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="train it without a mask"):
+        train(TrainConfig(name="q", steps=1, batch_size=2, backbone="patch-unet", network=_tiny_patch_cfg()), _stream(0, 4), tmp_path / "q",
+              progress=False, mask=torch.ones(4, 1, 16, 16))

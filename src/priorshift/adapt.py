@@ -118,17 +118,22 @@ class AdaptResult:
 
 
 # -- the run ---------------------------------------------------------------------------------------------
-def _unet_and_config(prior):
+def _backbone_and_config(prior):
+    """``(the EDM prior, its backbone's name, its network config)``; a clear error for what cannot be fine-tuned."""
+    from priorshift.diffusion.backbones import backbone_of, get_backbone
     from priorshift.diffusion.denoisers import CountingDenoiser, EDMDenoiser
-    from priorshift.diffusion.unet import UNet
 
     if isinstance(prior, CountingDenoiser):
         prior = prior.denoiser
-    if not isinstance(prior, EDMDenoiser) or not isinstance(prior.net, UNet):
-        raise ValueError("alignment fine-tunes a priorshift UNet prior (an EDMDenoiser from load_prior or train); got " + type(prior).__name__)
+    if not isinstance(prior, EDMDenoiser):
+        raise ValueError("alignment fine-tunes a whole-image priorshift prior (an EDMDenoiser from load_prior or train; patch priors "
+                         "are not supported yet); got " + type(prior).__name__)
+    name = backbone_of(prior.net)
+    if get_backbone(name).training_batch is not None:
+        raise ValueError(f"alignment trains on whole masked images; the {name!r} backbone trains on its own batches — not supported yet")
     if tuple(prior.data_range) != (-1.0, 1.0):
         raise ValueError(f"the prior was trained on data range {prior.data_range}; fine-tuning supports [-1, 1] priors only")
-    return prior, prior.net.config
+    return prior, name, prior.net.config
 
 
 def _split(n: int, cfg: AdaptConfig) -> tuple[Tensor, Tensor]:
@@ -154,18 +159,17 @@ def _val_loss(denoiser, val: MeasuredSet, cfg: AdaptConfig) -> float:
     return total / cfg.val_draws
 
 
-def _ema_denoiser(run: Path, base, unet_cfg):
+def _ema_denoiser(run: Path, base, backbone: str, net_cfg):
     from safetensors.torch import load_file
 
-    from priorshift.diffusion.denoisers import EDMDenoiser
-    from priorshift.diffusion.unet import UNet
+    from priorshift.diffusion.backbones import get_backbone
 
     tensors = load_file(str(run / "train_state.safetensors"))
-    net = UNet(unet_cfg)
+    net = get_backbone(backbone).build(net_cfg)
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     net.eval().requires_grad_(False)
-    return EDMDenoiser(net, sigma_data=base.sigma_data, sigma_min=base.sigma_min, sigma_max=base.sigma_max,
-                       image_size=base.image_size, channels=base.channels)
+    return get_backbone(backbone).whole_image_denoiser(net, net_cfg, sigma_data=base.sigma_data, sigma_min=base.sigma_min,
+                                                       sigma_max=base.sigma_max)
 
 
 def _trained_steps(run: Path) -> int:
@@ -177,7 +181,7 @@ def adapt_prior(
     prior, data: MeasuredSet, out: str | Path, cfg: AdaptConfig | None = None, *, meta: dict | None = None, progress: bool = False,
     stop_at: int | None = None,
 ) -> AdaptResult | None:
-    """Fine-tune ``prior`` (a priorshift UNet prior) on the measured set ``data`` into the directory ``out``.
+    """Fine-tune ``prior`` (a whole-image priorshift prior of any registered backbone) on the measured set ``data`` into the directory ``out``.
 
     Returns an :class:`AdaptResult` (the aligned prior is ``result.path``), or ``None`` when ``stop_at`` (a step)
     was reached first — as if killed there; calling again resumes. ``meta`` (where the measurements and the
@@ -189,12 +193,12 @@ def adapt_prior(
     from priorshift.io import atomic_write_json
 
     cfg = (cfg or AdaptConfig()).validate()
-    base, unet_cfg = _unet_and_config(prior)
+    base, backbone, net_cfg = _backbone_and_config(prior)
     if not isinstance(data, MeasuredSet):
         raise ValueError("data must be a MeasuredSet (see measured_set / simulate_measurements)")
-    if tuple(data.targets.shape[1:]) != (unet_cfg.channels, unet_cfg.image_size, unet_cfg.image_size):
+    if tuple(data.targets.shape[1:]) != (base.channels, base.image_size, base.image_size):
         raise ValueError(f"the measurements back-project to {tuple(data.targets.shape[1:])} images but the prior is "
-                         f"{unet_cfg.channels}×{unet_cfg.image_size}×{unet_cfg.image_size}")
+                         f"{base.channels}×{base.image_size}×{base.image_size}")
     train_idx, val_idx = _split(len(data), cfg)
     tr, va = data.subset(train_idx), data.subset(val_idx)
     out = Path(out)
@@ -215,11 +219,11 @@ def adapt_prior(
     elif out.is_dir() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no alignment run (no adapt_state.json); choose a new or empty directory")
     source = dict(getattr(base, "config", None) or {})
-    prior_config = {k: v for k, v in source.items() if k not in ("format", "unet", "weights_dtype", "name")}
+    prior_config = {k: v for k, v in source.items() if k not in ("format", source.get("architecture", "unet"), "weights_dtype", "name")}
     tcfg = TrainConfig(
         name=cfg.name, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, final_lr_fraction=1.0,
         ema_decay=cfg.ema_decay, p_mean=cfg.p_mean, p_std=cfg.p_std, sigma_data=base.sigma_data, seed=cfg.seed,
-        checkpoint_every=cfg.eval_every, grad_clip=cfg.grad_clip, unet=unet_cfg,
+        checkpoint_every=cfg.eval_every, grad_clip=cfg.grad_clip, backbone=backbone, network=net_cfg,
     )
     train_meta = {"dataset": {"sha256_16": tr.digest(), "n": len(tr), "kind": data.kind}, "adaptation_of": source.get("name")}
 
@@ -243,7 +247,7 @@ def adapt_prior(
             sink = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
             with sink:
                 train(tcfg, tr.targets, run, meta=train_meta, progress=progress, stop_at=target, init=init, mask=tr.masks)
-        ema = _ema_denoiser(run, base, unet_cfg)
+        ema = _ema_denoiser(run, base, backbone, net_cfg)
         val = _val_loss(ema, va, cfg)
         state["history"].append([target, val])
         if val < state["best_val_loss"] * (1 - cfg.min_improvement):
@@ -268,7 +272,7 @@ def adapt_prior(
         best = load_prior(prior_path)
         config = dict(best.config)
         config["adaptation"] = {**config["adaptation"], "history": state["history"], "stopped": state["stopped"], "steps_run": state["step"]}
-        save_prior(prior_path, best.net, {k: v for k, v in config.items() if k not in ("format", "unet", "weights_dtype")})
+        save_prior(prior_path, best.net, {k: v for k, v in config.items() if k not in ("format", config.get("architecture", "unet"), "weights_dtype")})
     return AdaptResult(
         path=prior_path, history=[tuple(h) for h in state["history"]], best_step=int(state["best_step"]), best_val_loss=float(state["best_val_loss"]),
         initial_val_loss=float(state["history"][0][1]), stopped=state["stopped"], n_train=len(tr), n_val=len(va), steps_run=int(state["step"]),

@@ -297,6 +297,8 @@ def train(
         step, elapsed = _load_state(out, net, ema, opt)
         print(f"priorshift train: resuming {out} from step {step}/{cfg.steps}")
     backbone = get_backbone(cfg.backbone)
+    if mask is not None and backbone.training_batch is not None:
+        raise ValueError(f"a loss mask covers whole images; the {cfg.backbone!r} backbone trains on its own batches (crops) — train it without a mask")
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train {cfg.name}", unit="step", dynamic_ncols=True)
     loss_avg = None if resume is None else resume.get("loss_ema")
     rate_avg = None
