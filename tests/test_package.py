@@ -62,3 +62,10 @@ def test_io_is_torch_free_and_writes_atomically(tmp_path):
         atomic_write(path, fails_half_way)
     assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1}, "a failed write leaves the old file"
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.json"], "and no temporary file"
+
+
+def test_metrics_all_lists_every_submodule_export():
+    """``priorshift.metrics.__all__`` is written out for linters; it must stay the union of its submodules' lists."""
+    from priorshift import metrics
+
+    assert sorted(metrics.__all__) == sorted([*metrics.ood.__all__, *metrics.localization.__all__, *metrics.image.__all__])

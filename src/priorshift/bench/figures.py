@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 from torch.nn import functional as F
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PriorshiftDetector", "as_pytorch_ood", "INSTALL_HINT"]
+__all__ = ["PriorshiftDetector", "as_pytorch_ood", "INSTALL_HINT"]  # noqa: F822 — PriorshiftDetector is built lazily by __getattr__
 
 INSTALL_HINT = 'pip install "priorshift[ood]" (pytorch-ood; it also needs torchvision)'
 FIT_SEED_OFFSET = 10**6
