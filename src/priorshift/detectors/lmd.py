@@ -84,6 +84,18 @@ DEFAULT_PLAN = SamplingPlan("projection", steps=100, params={"corrector": False,
 """100 ancestral replacement steps, no corrector: 100 NFE per attempt, 1,000 per image at R = 10."""
 
 
+def _check_masks(kind: str, attempts, minimum: int) -> None:
+    """One ``ValueError`` for an unknown mask kind, a non-integer or too small ``attempts``, or an odd number of
+    alternating-checkerboard attempts (they come in complementary pairs)."""
+    if kind not in MASKS:
+        raise ValueError(f"unknown mask kind {kind!r}; choose one of {', '.join(MASKS)}")
+    if not isinstance(attempts, numbers.Integral) or isinstance(attempts, bool) or attempts < minimum:
+        need = "a positive int" if minimum == 1 else f"an int >= {minimum} (the median needs several)"
+        raise ValueError(f"attempts must be {need}, got {attempts!r}")
+    if kind == "checkerboard_alt" and attempts % 2:
+        raise ValueError(f"'checkerboard_alt' masks come in complementary pairs, so attempts must be even; got {attempts}")
+
+
 def lmd_masks(size, kind: str = "checkerboard_alt", n_blocks: int = 8, attempts: int = 10) -> Tensor:
     """The ``(attempts, 1, H, W)`` float 0/1 masks of LMD's attempts, **1 = kept**, 0 = hidden (inpainted).
 
@@ -94,12 +106,7 @@ def lmd_masks(size, kind: str = "checkerboard_alt", n_blocks: int = 8, attempts:
     * ``"center"``: the central ``H/2 × W/2`` square hidden in every attempt (``n_blocks`` unused).
     """
     h, w = as_size(size)
-    if kind not in MASKS:
-        raise ValueError(f"unknown mask kind {kind!r}; choose one of {', '.join(MASKS)}")
-    if not isinstance(attempts, numbers.Integral) or isinstance(attempts, bool) or attempts < 1:
-        raise ValueError(f"attempts must be a positive int, got {attempts!r}")
-    if kind == "checkerboard_alt" and attempts % 2:
-        raise ValueError(f"'checkerboard_alt' masks come in complementary pairs, so attempts must be even; got {attempts}")
+    _check_masks(kind, attempts, 1)
     if kind == "center":
         if h < 2 or w < 2:
             raise ValueError(f"a 'center' mask needs an image of at least 2×2, got {h}×{w}")
@@ -230,12 +237,7 @@ class LMD(Detector):
                 "LMD scores images (B, C, H, W) and builds its own inpainting masks; operator must be None "
                 f"(got {type(operator).__name__})"
             )
-        if masks not in MASKS:
-            raise ValueError(f"unknown mask kind {masks!r}; choose one of {', '.join(MASKS)}")
-        if not isinstance(attempts, numbers.Integral) or isinstance(attempts, bool) or attempts < 2:
-            raise ValueError(f"attempts must be an int >= 2 (the median needs several), got {attempts!r}")
-        if masks == "checkerboard_alt" and attempts % 2:
-            raise ValueError(f"'checkerboard_alt' attempts come in complementary pairs, so attempts must be even; got {attempts}")
+        _check_masks(masks, attempts, 2)
         if not isinstance(n_blocks, numbers.Integral) or isinstance(n_blocks, bool) or n_blocks < 1:
             raise ValueError(f"n_blocks must be a positive int, got {n_blocks!r}")
         if aggregate not in AGGREGATES:
