@@ -284,7 +284,7 @@ def run_trained(args) -> tuple[list[str], dict]:
     torch.set_num_threads(args.threads)
     matched = load_prior(args.matched)
     cands = {c: load_prior(c) for c in args.candidates.split(",")}
-    size = matched.config["unet"]["image_size"]
+    size = matched.image_size
     sig = log_sigma_grid(args.sigmas)
     ps = [float(v) for v in args.p.split(",")]
     x = load_dataset(args.data, split="test", n=args.n, image_size=size)
@@ -333,7 +333,7 @@ def alignment_trained(args, matched, cands, sig) -> list[str]:
     from priorshift.diffusion import schedule_for
     from priorshift.samplers import sample_dps
 
-    size = matched.config["unet"]["image_size"]
+    size = matched.image_size
     pa, noise = 0.8, 0.01
     names = args.adapt_candidates.split(",") if args.adapt_candidates else [list(cands)[-1]]
     x_test = load_dataset(args.data, split="test", n=args.test, image_size=size)[-args.test:]

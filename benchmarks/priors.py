@@ -53,7 +53,7 @@ def main():
     D = load_prior(args.prior)
     cfg = D.config
     spec = cfg["dataset"]["spec"]
-    size = cfg["unet"]["image_size"]
+    size = D.image_size
     lines = [f"# Prior quality: `{args.prior}`", ""]
 
     train = load_dataset(spec, split="train", n=args.fit_n, image_size=size)
