@@ -115,3 +115,20 @@ def task_config(task: str, n_tune: int, n_eval: int):
 def domain_operator(spec: str):
     """The operator of a :data:`DOMAINS` spec: ``task:NAME`` (that task's operator) or an operator spec on 32×32 images."""
     return get_task(spec[5:]).make_operator() if spec.startswith("task:") else operator_from_spec(spec, 32)
+
+
+def mse(D, x, sigma, seed, mask=None, batch=128):
+    """Mean denoising MSE of ``D`` on images ``x`` at noise ``sigma`` (noise from ``seed``); ``mask``: per-pixel weights."""
+    g = torch.Generator().manual_seed(seed)
+    errs = []
+    for start in range(0, x.shape[0], batch):
+        xb = x[start : start + batch]
+        xn = xb + sigma * torch.randn(xb.shape, generator=g)
+        with torch.no_grad():
+            err = (D(xn, torch.full((xb.shape[0],), sigma)) - xb) ** 2
+        if mask is not None:
+            m = mask[start : start + batch].reshape(err.shape).float()
+            errs.append(((err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)))
+        else:
+            errs.append(err.flatten(1).mean(1))
+    return torch.cat(errs).mean().item()

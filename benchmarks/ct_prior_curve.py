@@ -32,8 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import emit, hardware
-from priors import mse
+from _common import emit, hardware, mse
 from safetensors.torch import load_file
 from torch.nn import functional as F
 

@@ -16,29 +16,13 @@ import argparse
 import time
 
 import torch
-from _common import best_time, emit, hardware
+from _common import best_time, emit, hardware, mse
 
 from priorshift import load_prior
 from priorshift.analytic import fit_gaussian
 from priorshift.data import fashion_mnist, healthy_set, lesion_set, load_dataset, mnist
 
 SIGMAS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-def mse(D, x, sigma, seed, mask=None, batch=128):
-    g = torch.Generator().manual_seed(seed)
-    errs = []
-    for start in range(0, x.shape[0], batch):
-        xb = x[start : start + batch]
-        xn = xb + sigma * torch.randn(xb.shape, generator=g)
-        with torch.no_grad():
-            err = (D(xn, torch.full((xb.shape[0],), sigma)) - xb) ** 2
-        if mask is not None:
-            m = mask[start : start + batch].reshape(err.shape).float()
-            errs.append(((err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)))
-        else:
-            errs.append(err.flatten(1).mean(1))
-    return torch.cat(errs).mean().item()
 
 
 def main():
