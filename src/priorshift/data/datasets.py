@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DatasetNotFoundError", "fashion_mnist", "mnist", "image_folder", "npy_stack", "npy_images", "read_npy",
+from priorshift.data.npyfile import read_npy
+
+__all__ = ["DatasetNotFoundError", "fashion_mnist", "mnist", "image_folder", "npy_stack", "npy_images", "images_from_array", "read_npy",
            "infer_value_range", "VALUE_RANGES", "dicom_slice", "shepp_logan", "resize", "FASHION_MNIST_DIR"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where dataset-fashion-mnist puts the files
@@ -215,37 +217,15 @@ def _nchw(a: np.ndarray, what: str) -> np.ndarray:
                      "or (N, H, W, C) with C in {1, 3}")
 
 
-def read_npy(path, key: str | None = None) -> np.ndarray:
-    """The array of a ``.npy`` / ``.npz`` file, never unpickling: a missing file is a ``FileNotFoundError``; a
-    pickled, truncated or non-NumPy file a ``ValueError`` that names it. ``.npz`` with several arrays needs
-    ``key``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such .npy/.npz file: {path}" + (" (it is a directory)" if path.is_dir() else ""))
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError, OSError) as e:
-        raise ValueError(f"{path} cannot be read as a plain numeric .npy/.npz array ({e}); priorshift never loads "
-                         "pickles — save a numeric array with numpy.save") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        with data:
-            keys = list(data.keys())
-            if key is None and len(keys) != 1:
-                raise ValueError(f"{path} holds arrays {keys}; choose one with key=")
-            if key is not None and key not in keys:
-                raise ValueError(f"{path} has no array {key!r}; it holds {keys}")
-            try:
-                data = data[key if key is not None else keys[0]]
-            except ValueError as e:
-                raise ValueError(f"{path} cannot be read as plain numeric arrays ({e}); priorshift never loads pickles") from None
-    return np.asarray(data)
-
-
 def npy_images(path, key: str | None = None, value_range: str | None = None) -> tuple[Tensor, str]:
     """:func:`npy_stack`'s images and the reading used (a key of :data:`VALUE_RANGES`), for callers that
     report it (the CLI does: [0, 1] and [-1, 1] float data cannot always be told apart)."""
-    a = read_npy(path, key)
-    what = str(path)
+    return images_from_array(read_npy(path, key), str(path), value_range)
+
+
+def images_from_array(a: np.ndarray, what: str, value_range: str | None = None) -> tuple[Tensor, str]:
+    """An array already read (``what`` names it in errors) → ``(N, C, H, W)`` float32 images in [-1, 1] by
+    :func:`npy_stack`'s value rule, and the reading used."""
     _check_data(a, what)
     if value_range is None:
         value_range = infer_value_range(a, what)
