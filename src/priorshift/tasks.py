@@ -175,6 +175,12 @@ def _keyword_params(cls) -> list[str]:
     return [n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
+def _keyword_defaults(cls) -> dict:
+    import inspect
+
+    return {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
 def make_detector(name: str, prior, operator=None, *, task: Task | str | None = None, params: Mapping[str, Any] | None = None,
                   reconstruction: Mapping[str, Any] | None = None, inputs: str | None = None, progress: bool | None = None,
                   label: str | None = None, source: Callable[[str], str] | None = None):
@@ -202,6 +208,11 @@ def make_detector(name: str, prior, operator=None, *, task: Task | str | None = 
         raise ValueError(f"{source(unknown[0])} is not a parameter of {label} (its parameters: {', '.join(accepted)})")
     if inputs == "images" and cls.input_kind == "measurements":
         raise ValueError(f"{label} scores measurements; give it measurements (a measurement domain), not images")
+    defaults = _keyword_defaults(cls)
+    for key, value in given.items():  # booleans are not numbers: samples=True is not 1
+        d = defaults.get(key)
+        if isinstance(value, bool) and isinstance(d, (int, float)) and not isinstance(d, bool):
+            raise ValueError(f"{source(key)}: {key} must be a number (default {d!r}), got {value!r}")
     kw = task.settings_under(name, given) if task is not None else given
     if progress is not None and "progress" in accepted:
         kw.setdefault("progress", progress)
@@ -213,6 +224,8 @@ def make_detector(name: str, prior, operator=None, *, task: Task | str | None = 
         key = str(e).split(" ", 1)[0].rstrip(":")
         if key in given:  # the detector checks its parameters; the caller says where this one was set
             raise ValueError(f"{source(key)}: {e}") from None
+        if isinstance(given.get("plan"), Mapping) and key in given["plan"]:  # a field of the plan it was given
+            raise ValueError(f"{source('plan.' + key)}: {e}") from None
         raise
     if inputs == "measurements" and cls.input_kind == "images":
         from priorshift.detectors import FromMeasurements

@@ -7,8 +7,11 @@ calibrated on in-distribution data, and scores a batch. **Higher score = more sh
 * ``fit(data, seed=...) -> self``: a no-op for calibration-free detectors. Detectors that need it set
   ``needs_fit = True``; their fitted state lives in attributes whose names end with ``_`` (scikit-learn's rule),
   and ``score`` before ``fit`` raises :class:`NotFittedError`.
-* ``score(data, seed=..., hooks=...) -> Scores``: validates ``data`` (finite, the declared kind and shape) before
-  any network call, then scores. ``seed`` is the library's one name for per-image randomness
+* ``score(data, seed=..., hooks=...) -> Scores``: validates ``data`` (finite, non-empty, the declared kind and
+  shape, on the prior's device) before any network call, then scores under ``torch.no_grad()`` (samplers that need
+  the network's Jacobian enable it for that step only), so no result carries an autograd graph. Data are detached
+  and cast to the prior's dtype first (:func:`priorshift._checks.prior_dtype`: a network's parameter dtype,
+  float64 for analytic priors), so the dtype an array was saved in changes no score beyond round-off. ``seed`` is the library's one name for per-image randomness
   (:func:`priorshift.rng.per_image_rng`); ``hooks`` are extra read-only step observers handed to every sampler
   run (for benchmarks and progress bars; detectors that sample nothing refuse them).
 * ``input_kind``: ``"measurements"`` (y = A(x) + e, the operator's output) or ``"images"`` ((B, C, H, W) in [-1, 1]).
@@ -26,12 +29,12 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import Tensor
 
-from priorshift._checks import check_image, check_tensor
+from priorshift._checks import check_image, check_int, check_tensor, prior_device, prior_dtype
 from priorshift.operators.base import LinearOperator
 from priorshift.rng import per_image_rng
 from priorshift.types import Scores
 
-__all__ = ["Detector", "NotFittedError", "INPUT_KINDS", "score_batches", "resolve_seeds", "concat_scores"]
+__all__ = ["Detector", "NotFittedError", "INPUT_KINDS", "score_batches", "resolve_seeds", "concat_scores", "prior_image_size", "check_block"]
 
 INPUT_KINDS = ("measurements", "images")
 
@@ -67,7 +70,8 @@ class Detector:
         data = self.check_input(data, "fit data")
         if data.shape[0] < 2:
             raise ValueError(f"{type(self).__name__}.fit needs at least 2 in-distribution samples, got {data.shape[0]}")
-        self._fit(data, seed=seed)
+        with torch.no_grad():
+            self._fit(data, seed=seed)
         return self
 
     def score(self, data: Tensor, *, seed=0, hooks: Sequence[Callable] = ()) -> Scores:
@@ -78,7 +82,8 @@ class Detector:
         data = self.check_input(data)
         if self.needs_fit:
             self.check_fitted()
-        return self._score(data, seed=seed, hooks=hooks)
+        with torch.no_grad():
+            return self._score(data, seed=seed, hooks=hooks)
 
     @classmethod
     def example(cls) -> "Detector":  # pragma: no cover - abstract
@@ -94,23 +99,44 @@ class Detector:
 
     # -- shared helpers ------------------------------------------------------------------------------
     def check_input(self, data, name: str | None = None) -> Tensor:
-        """Raise a clear ``ValueError`` unless ``data`` is a finite batch of the declared kind."""
+        """Raise a clear ``ValueError`` unless ``data`` is a finite, non-empty batch of the declared kind on the
+        prior's device; return it detached and in the prior's dtype (complex data: its complex counterpart)."""
+        name = name or ("y" if self.input_kind == "measurements" else "x")
+        if isinstance(data, Tensor):
+            device = prior_device(self.prior)
+            if device is not None and data.device != device:
+                raise ValueError(f"{name} is on {data.device} but the prior is on {device}: move one of them (data.to({str(device)!r}))")
+            if data.ndim == 0 or data.shape[0] == 0:
+                raise ValueError(f"{name} holds no samples (shape {tuple(data.shape)}); give a batch (B, ...) with B >= 1")
+            if data.is_floating_point() or data.is_complex():
+                dtype = prior_dtype(self.prior)
+                dtype = dtype.to_complex() if data.is_complex() else dtype
+                data = data.detach().to(dtype)
         if self.input_kind == "measurements":
-            name = name or "y"
             if self.operator is None:
                 raise ValueError(f"{type(self).__name__} scores measurements but was built without an operator")
             check_tensor(data, name)
             self.operator.check_y(data)
+            want = self._measurement_shape()
+            if want is not None and tuple(data.shape[1:]) != want:
+                (h, w), c = prior_image_size(self.prior)
+                raise ValueError(f"{name} has shape {tuple(data.shape)}, but the operator measures the prior's {h}×{w} images "
+                                 f"({c} channel(s)) as (B, {', '.join(map(str, want))})")
             return data
-        name = name or "x"
         LinearOperator.check_image_range(data, name)  # [0, 255] or integer images are refused where images enter
-        size = getattr(self.prior, "image_size", None)
-        shape = getattr(self.prior, "shape", None)
-        if size is None and shape is not None and len(shape) == 3:
-            size, channels = tuple(shape[-2:]), shape[0]
-        else:
-            size, channels = (None if size is None else (size, size)), getattr(self.prior, "channels", None)
+        size, channels = prior_image_size(self.prior)
         return check_image(data, name, channels=channels, size=size)
+
+    def _measurement_shape(self) -> tuple[int, ...] | None:
+        """The shape (without batch) the operator gives one of the prior's images; ``None`` when the prior does not
+        say its image size or the operator cannot measure a batch of one (one mask per image)."""
+        size, channels = prior_image_size(self.prior)
+        if size is None or channels is None:
+            return None
+        try:
+            return tuple(self.operator.A(torch.zeros(1, channels, *size, dtype=prior_dtype(self.prior))).shape[1:])
+        except (ValueError, RuntimeError):
+            return None
 
     def check_fitted(self) -> None:
         if not self.is_fitted():
@@ -125,6 +151,26 @@ class Detector:
     def config(self) -> dict[str, Any]:
         """The detector's parameters as plain values (for configs and reports); subclasses extend it."""
         return {"detector": getattr(self, "registered_name", type(self).__name__)}
+
+
+def prior_image_size(prior) -> tuple[tuple[int, int] | None, int | None]:
+    """``((H, W), channels)`` of the images ``prior`` takes (a network prior's ``image_size`` / ``channels``, an
+    analytic prior's ``shape``); ``None`` for what it does not say."""
+    size = getattr(prior, "image_size", None)
+    shape = getattr(prior, "shape", None)
+    if size is None and shape is not None and len(shape) == 3:
+        return (int(shape[-2]), int(shape[-1])), int(shape[0])
+    return (None if size is None else (int(size), int(size))), getattr(prior, "channels", None)
+
+
+def check_block(block, prior, name: str = "block", *, divides: bool = True) -> int:
+    """``block`` as an int >= 1 (not a bool); with ``divides``, a ``ValueError`` when it does not divide the prior's
+    image size (where the prior says it) — refused when the detector is built, not after sampling."""
+    block = check_int(block, name)
+    size = prior_image_size(prior)[0]
+    if divides and size is not None and (size[0] % block or size[1] % block):
+        raise ValueError(f"{name} {block} must divide the image size {size[0]}×{size[1]} of the prior")
+    return block
 
 
 def resolve_seeds(seed, n: int) -> list[int]:

@@ -45,7 +45,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from priorshift.detectors.base import Detector
+from priorshift._checks import check_int
+from priorshift.detectors.base import Detector, check_block
 from priorshift.diffusion.denoisers import as_counting
 from priorshift.diffusion.schedules import ddpm_step_weights
 from priorshift.registry import register
@@ -246,6 +247,7 @@ class KLIP(Detector):
     ):
         self.variant = _check_choice(variant, "variant", VARIANTS)
         self.score_kind = _check_choice(score, "score", SCORES)
+        samples, block = check_int(samples, "samples"), check_block(block, prior, divides=self.variant in ("klip", "spatial_only"))
         if score == "spread" and samples < 2:
             raise ValueError("score='spread' divides by the spread of the posterior samples: it needs samples >= 2")
         if not (math.isfinite(float(spread_floor)) and spread_floor > 0):
@@ -253,10 +255,6 @@ class KLIP(Detector):
         self.spread_floor = float(spread_floor)
         self.normalization = _check_choice(normalization, "normalization", NORMALIZATIONS)
         self.reduction = _check_choice(reduction, "reduction", REDUCTIONS)
-        if int(samples) != samples or samples < 1:
-            raise ValueError(f"samples must be an integer >= 1, got {samples}")
-        if int(block) != block or block < 1:
-            raise ValueError(f"block must be a positive integer, got {block}")
         if window_sigma is not None:
             lo, hi = (float(v) for v in window_sigma)
             if not 0 <= lo < hi:

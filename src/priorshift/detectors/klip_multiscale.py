@@ -32,6 +32,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from priorshift._checks import check_int
 from priorshift.detectors.base import Detector, score_batches
 from priorshift.detectors.klip import KLIP, aggregate_step_maps, window_steps
 from priorshift.registry import register
@@ -141,9 +142,7 @@ class KLIPMultiscale(Detector):
         if not (math.isfinite(float(min_std)) and min_std > 0):
             raise ValueError(f"min_std must be a finite number > 0, got {min_std!r}")
         self.min_std = float(min_std)
-        if int(fit_batch_size) != fit_batch_size or fit_batch_size < 1:
-            raise ValueError(f"fit_batch_size must be an integer >= 1, got {fit_batch_size!r}")
-        self.fit_batch_size = int(fit_batch_size)
+        self.fit_batch_size = check_int(fit_batch_size, "fit_batch_size")
         if self.last_step < self.n_steps:  # sampling stops at the latest window's end
             self._klip = self._klip_until(self.last_step)
         self.block = self._klip.block

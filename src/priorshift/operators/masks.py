@@ -167,6 +167,9 @@ class RedrawMasks:
             raise ValueError("mask must be a real tensor of 0 and 1, got a complex one")
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError("mask must contain only 0 (missing) and 1 (observed)")
+        if mask.numel() and not bool(mask.any()):
+            raise ValueError(f"mask observes nothing (all {mask.numel()} entries are 0): the measurements would carry no information; "
+                             "1 = observed")
         return mask
 
     @classmethod

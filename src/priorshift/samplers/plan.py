@@ -11,11 +11,13 @@ the prior's own range (:func:`priorshift.diffusion.schedules.schedule_for`) — 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from torch import Tensor
 
+from priorshift._checks import check_int
 from priorshift.diffusion.schedules import SCHEDULES, schedule_for
 from priorshift.registry import get
 from priorshift.types import SampleResult
@@ -44,15 +46,16 @@ class SamplingPlan:
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        if not isinstance(self.sampler, str):
+            raise ValueError(f"sampler must be a registered sampler's name, got {self.sampler!r}")
         fn = get("sampler", self.sampler)
-        if int(self.steps) != self.steps or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps}")
-        if self.schedule not in SCHEDULES:
+        check_int(self.steps, "steps")
+        if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         for name in ("sigma_min", "sigma_max"):
             v = getattr(self, name)
-            if v is not None and not float(v) > 0:
-                raise ValueError(f"{name} must be > 0, got {v}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not v > 0):
+                raise ValueError(f"{name} must be a number > 0, got {v!r}")
         if self.schedule == "ddpm" and (self.sigma_min is not None or self.sigma_max is not None):
             raise ValueError("schedule 'ddpm' takes its noise levels from the prior's timesteps; leave sigma_min and sigma_max unset")
         if self.sigma_min is not None and self.sigma_max is not None and not self.sigma_min < self.sigma_max:
@@ -65,6 +68,11 @@ class SamplingPlan:
             raise ValueError(
                 f"sampler {self.sampler!r} takes no parameter {', '.join(map(repr, unknown))}; its parameters are {', '.join(sorted(accepted)) or '(none)'}"
             )
+        defaults = inspect.signature(fn).parameters
+        for k, v in self.params.items():  # a number where the default is one: not a bool, not a string
+            d = defaults[k].default
+            if isinstance(d, (int, float)) and not isinstance(d, bool) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ValueError(f"{k} must be a number (sampler {self.sampler!r}'s default {d!r}), got {v!r}")
         object.__setattr__(self, "steps", int(self.steps))
         object.__setattr__(self, "params", dict(self.params))
 
