@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_directory", "toml_dumps", "toml_value"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_directory", "resolve_out", "check_writable", "toml_dumps", "toml_value"]
 
 
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
@@ -41,12 +41,38 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, write)
 
 
+def resolve_out(out: str | Path) -> Path:
+    """``out`` with a symbolic link at its end followed (to the directory it points to, existing or not), so that
+    replacing the directory replaces the link's target and leaves the link in place."""
+    out = Path(out)
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
+def check_writable(out: str | Path, flag: str = "--out") -> None:
+    """Raise a one-line ``ValueError`` naming ``flag`` unless a directory can be created at ``out`` (followed
+    through a symlink): its nearest existing ancestor must be a directory in which a file can be created — tried,
+    not guessed (permission bits do not tell for root or read-only file systems). Leaves nothing behind."""
+    out = resolve_out(out)
+    for parent in out.absolute().parents:
+        if parent.exists():
+            break
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {out}: {parent} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".priorshift-probe.", dir=parent)
+    except OSError as e:
+        raise ValueError(f"{flag} {out}: cannot write in {parent} ({e.strerror or e}); choose a writable directory") from None
+    os.close(fd)
+    os.remove(probe)
+
+
 @contextlib.contextmanager
 def atomic_directory(out: str | Path) -> Iterator[Path]:
     """Write a whole directory at once: files go into a temporary directory beside ``out`` (yielded), which
-    replaces ``out`` when the block ends without error. On error ``out`` is as before and the temporary
-    directory is gone, so readers never see a half-written or mixed run."""
-    out = Path(out)
+    replaces ``out`` when the block ends without error. On error (an exception, Ctrl-C) ``out`` is as before and
+    the temporary directory is gone, so readers never see a half-written or mixed run. A symlink ``out`` is
+    followed (:func:`resolve_out`): its target is replaced, the link stays."""
+    out = resolve_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -34,22 +34,27 @@ def heatmap_figure(
     measurement_title: str = "measurement",
     title: str | None = None,
     map_title: str = "map",
+    reconstruction_title: str = "reconstruction",
 ) -> Path:
     """One row per image: measurement (or its classical reconstruction) → posterior reconstruction → the
     detector's map (upsampled, over the reconstruction) → ground-truth OOD mask (the column is left out when
-    ``masks`` is None). Maps share one colour scale, shown by a colour bar, so ID and OOD rows compare.
+    ``masks`` is None). Maps share one colour scale, shown by a colour bar, so ID and OOD rows compare; maps of any
+    sign (all negative included) and non-finite values are drawn. ``reconstruction_title`` says what the second
+    column shows (e.g. an early estimate where sampling stopped).
     ``measurement``/``reconstruction``: (N, 1, H, W); ``maps``: (N, h, w); ``masks``: (N, H, W)."""
     plt = pyplot()
     n, h, w = measurement.shape[0], measurement.shape[-2], measurement.shape[-1]
     up = F.interpolate(maps[:, None].float(), size=(h, w), mode="nearest")[:, 0]
-    vmin = min(0.0, float(up.min()))  # 0 for energy maps; signed maps (multiscale KLIP's z-scores) may lie below it
-    vmax = float(up.max()) if float(up.max()) > vmin else vmin + 1.0
+    finite = up[up.isfinite()]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
+    vmin = min(0.0, lo)  # 0 for energy maps; signed maps (multiscale KLIP's z-scores) may lie below it
+    vmax = hi if hi > vmin else vmin + 1.0
     cols = 4 if masks is not None else 3
     fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols + 0.6, 1.65 * n + (0.4 if title else 0)), squeeze=False)
     overlay = None
     for r in range(n):
         _img(axes[r, 0], measurement[r, 0], measurement_title if r == 0 else None)
-        _img(axes[r, 1], reconstruction[r, 0], "reconstruction" if r == 0 else None)
+        _img(axes[r, 1], reconstruction[r, 0], reconstruction_title if r == 0 else None)
         _img(axes[r, 2], reconstruction[r, 0], map_title if r == 0 else None)
         overlay = axes[r, 2].imshow(up[r].cpu().numpy(), cmap="inferno", alpha=0.65, vmin=vmin, vmax=vmax, interpolation="nearest")
         if masks is not None:

@@ -22,10 +22,13 @@ measurement domains (operator specs or tasks) and the rows::
     detector = "klip"
     domain = "identity"                     # or "images": the clean images themselves
     params = { samples = 2, plan = { steps = 50 } }
-    chosen = "library defaults"             # how the settings were chosen (printed in the table)
+    chosen = "library defaults"             # how the settings were chosen (printed in the table; default: library
+                                            # defaults / task settings / the config's params, by what the row sets)
     label = ""                              # tells apart two rows of one detector and domain
 
-Each row's scores are cached in ``OUT/scores/<row>.json`` (delete one to rescore it); the cache is keyed by the
+Everything is checked before the first row is scored: the entries' types (each error names the key and the file),
+the detectors' names, every row's detector built with its parameters and plan, the domains' specs. Each row's
+scores are cached in ``OUT/scores/<row>.json`` (delete one to rescore it); the cache is keyed by the
 row's full definition, so an edited row is scored again. Seeds are fixed per set (ID, OOD, calibration) and
 measurement noise per domain, so rows are paired: every detector sees the same measurements.
 """
@@ -42,6 +45,8 @@ from typing import Callable
 import torch
 
 from priorshift.io import atomic_write, atomic_write_json
+from priorshift.operators.spec import parse_spec
+from priorshift.tasks import get_task
 
 __all__ = ["load_config", "run_grid", "row_key"]
 
@@ -66,24 +71,61 @@ def load_config(path: str | Path) -> dict:
     for key in ("prior", "data", "rows"):
         if key not in cfg:
             raise ValueError(f"bench config {path} needs a '{key}' entry")
+    _check_types(cfg, path)
     for key in ("id", "ood"):
         if key not in cfg["data"]:
             raise ValueError(f"bench config {path}: [data] needs '{key}' = {{ dataset = ..., split = ..., start = ... }}")
     domains = cfg.get("domains", {})
+    from priorshift.registry import names
+
+    detectors = names("detector")
     for i, row in enumerate(cfg["rows"]):
-        if "detector" not in row or "domain" not in row:
+        if not isinstance(row, dict) or "detector" not in row or "domain" not in row:
             raise ValueError(f"bench config {path}: row {i} needs 'detector' and 'domain'")
+        if row["detector"] not in detectors:
+            raise ValueError(f"bench config {path}: row {i} names detector {row['detector']!r}, which is not registered; choose one of "
+                             f"{', '.join(detectors)}")
         if row["domain"] != "images" and row["domain"] not in domains:
             raise ValueError(f"bench config {path}: row {i} uses domain {row['domain']!r}, which [domains] does not define ({', '.join(domains) or 'none'})")
-        row.setdefault("params", {})
-        row.setdefault("chosen", "library defaults")
+        if not isinstance(row.setdefault("params", {}), dict):
+            raise ValueError(f"bench config {path}: row {i}: params must be a table, got {row['params']!r}")
+        row.setdefault("chosen", _chosen_by(row, domains))
         row.setdefault("label", "")
     cfg.setdefault("n", 48)
     cfg.setdefault("n_fit", cfg["n"])
     cfg.setdefault("batch_size", 16)
     cfg.setdefault("title", path.stem)
+    for key in ("n", "n_fit", "batch_size"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} in bench config {path} must be an integer >= 1, got {value!r}")
+    for name, spec in domains.items():
+        if not isinstance(spec, str):
+            raise ValueError(f"bench config {path}: [domains] {name} must be an operator spec or task:NAME string, got {spec!r}")
+        try:
+            get_task(spec[5:]) if spec.startswith("task:") else parse_spec(spec)
+        except ValueError as e:
+            raise ValueError(f"bench config {path}: [domains] {name}: {e}") from None
     cfg["_path"] = str(path)
     return cfg
+
+
+def _check_types(cfg: dict, path: Path) -> None:
+    """The top-level entries' types, each failure naming the key and the file."""
+    kinds = {"prior": (str, "a string"), "data": (dict, "a table"), "rows": (list, "an array of tables ([[rows]])"),
+             "domains": (dict, "a table"), "reconstruction": (dict, "a table"), "title": (str, "a string"), "description": (str, "a string")}
+    for key, (kind, text) in kinds.items():
+        if key in cfg and not isinstance(cfg[key], kind):
+            raise ValueError(f"{key} in bench config {path} must be {text}, got {cfg[key]!r}")
+
+
+def _chosen_by(row: dict, domains: dict) -> str:
+    """How a row's settings were chosen, when the row does not say: the library's defaults, a task's settings, and/or
+    the parameters the config sets."""
+    task = str(domains.get(row.get("domain"), "")).startswith("task:")
+    if row.get("params"):
+        return "task settings + the config's params" if task else "the config's params"
+    return "task settings" if task else "library defaults"
 
 
 def row_key(row: dict) -> str:
@@ -160,7 +202,6 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(out)
-    (out / "scores").mkdir(parents=True, exist_ok=True)
     prior = load_prior(cfg["prior"])
     size = getattr(prior, "image_size", None)
     n, n_fit = int(cfg["n"]), int(cfg["n_fit"])
@@ -180,6 +221,8 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached
             measured[domain, which] = operators[domain](x, seed=list(range(SEEDS[which], SEEDS[which] + x.shape[0])))
         return measured[domain, which]
 
+    # Every row to score is built (its detector, parameters and plan checked) before the first one is scored.
+    todo: dict[str, tuple] = {}
     results: dict[str, dict] = {}
     for row in cfg["rows"]:
         key = row_key(row)
@@ -193,6 +236,11 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached
         if (only is not None and key not in only) or cached_only:
             continue
         det = _detector(row, prior, operators, cfg)
+        if det.needs_fit and "fit" not in images:
+            raise ValueError(f"row {key}: {row['detector']} is fitted on calibration data: add [data] fit = {{ ... }} to {cfg['_path']}")
+        todo[key] = (row, path, definition, det)
+    (out / "scores").mkdir(parents=True, exist_ok=True)
+    for key, (row, path, definition, det) in todo.items():
         t0 = time.perf_counter()
         if det.needs_fit:
             det.fit(data(row["domain"], "fit"), seed=SCORE_SEEDS["fit"])
@@ -213,6 +261,7 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached
                "distance": s_id.extras.get("distance")}
         atomic_write_json(path, res)
         results[key] = res
+    results = {row_key(r): results[row_key(r)] for r in cfg["rows"] if row_key(r) in results}  # in the config's order
 
     summary, table = {}, []
     for key, r in results.items():

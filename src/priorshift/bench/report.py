@@ -149,16 +149,29 @@ def comparison_report(root: str | Path, results: dict[str, dict], *, title: str,
     import numpy as np
 
     for domain, curves in by_domain.items():
-        path = roc_figure({k: (np.asarray(a), np.asarray(b)) for k, (a, b) in curves.items()}, figs / f"roc_{_slug(domain)}.png", title=domain)
-        rep.add_figure(path, f"ROC, {domain} (OOD positive)")
+        _figure(rep, f"ROC, {domain} (OOD positive)", roc_figure, {k: (np.asarray(a), np.asarray(b)) for k, (a, b) in curves.items()},
+                figs / f"roc_{_slug(domain)}.png", title=domain)
     rep.add_heading("Score histograms, ID vs OOD")
     for key, r in results.items():
-        path = histogram_figure({"ID": np.asarray(r["scores_id"]), "OOD": np.asarray(r["scores_ood"])}, figs / f"hist_{_slug(key)}.png", title=key)
-        rep.add_figure(path, key)
+        _figure(rep, key, histogram_figure, {"ID": np.asarray(r["scores_id"]), "OOD": np.asarray(r["scores_ood"])}, figs / f"hist_{_slug(key)}.png",
+                title=key)
     if config is not None:
         rep.add_heading("Configuration")
         rep.add_config(config)
     return rep.write()
+
+
+def _figure(rep: Report, caption: str, draw, *args, **kw) -> None:
+    """Draw a figure and add it to the report; a figure that fails is a warning (on stderr and in the report), never
+    the loss of the report or of the scores behind it."""
+    import sys
+
+    try:
+        rep.add_figure(draw(*args, **kw), caption)
+    except Exception as e:  # noqa: BLE001 - a figure must never cost the results
+        message = f"figure '{caption}' was not drawn ({type(e).__name__}: {' '.join(str(e).split())})"
+        print(f"priorshift: warning: {message}", file=sys.stderr)
+        rep.add_text(message, note=True)
 
 
 def _slug(text: str) -> str:
@@ -167,16 +180,38 @@ def _slug(text: str) -> str:
 
 def rebuild_report(root: str | Path) -> Path:
     """(Re)build ``report.html`` in a results folder from what was saved there: a bench grid (``scores/*.json``
-    and its ``results.json``) or a ``priorshift score`` run (``scores.csv`` and ``config.json``)."""
-    import csv
+    and its ``results.json``) or a ``priorshift score`` run (``scores.csv`` and ``config.json``).
 
-    import numpy as np
-
-    from priorshift.bench.figures import histogram_figure
+    Nothing in the folder changes until everything is drawn: the report and its figures are written into a
+    temporary folder inside it, then moved into place file by file (each move atomic), ``report.html`` last; an
+    error or an interruption before that leaves the folder as it was."""
+    import os
+    import shutil
+    import tempfile
 
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root} is not a results folder")
+    stage = Path(tempfile.mkdtemp(prefix=".report.", dir=root))
+    try:
+        _build_report(root, stage)
+        files = sorted(p.relative_to(stage) for p in stage.rglob("*") if p.is_file())
+        for rel in sorted(files, key=lambda r: r == Path("report.html")):  # report.html last
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / rel, root / rel)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return root / "report.html"
+
+
+def _build_report(root: Path, stage: Path) -> Path:
+    """The report of the results in ``root``, written with its figures under ``stage`` (same relative paths)."""
+    import csv
+    import os
+
+    import numpy as np
+
+    from priorshift.bench.figures import histogram_figure
     grid_scores = sorted((root / "scores").glob("*.json")) if (root / "scores").is_dir() else []
     if grid_scores:
         results = {}
@@ -185,7 +220,7 @@ def rebuild_report(root: str | Path) -> Path:
             results[r.get("key", path.stem)] = r
         summary = json.loads((root / "results.json").read_text()) if (root / "results.json").is_file() else {}
         order = [k for k in summary if k in results] + [k for k in results if k not in summary]
-        return comparison_report(root, {k: results[k] for k in order}, title=f"priorshift bench: {root.name}")
+        return comparison_report(stage, {k: results[k] for k in order}, title=f"priorshift bench: {root.name}")
     if not (root / "scores.csv").is_file():
         raise ValueError(f"{root} holds neither a bench grid (scores/*.json) nor a score run (scores.csv); nothing to report")
     with open(root / "scores.csv", newline="") as f:
@@ -194,20 +229,26 @@ def rebuild_report(root: str | Path) -> Path:
         raise ValueError(f"{root / 'scores.csv'} holds no scores")
     config = json.loads((root / "config.json").read_text()) if (root / "config.json").is_file() else {}
     scores = np.array([float(r["score"]) for r in rows])
-    rep = Report(f"priorshift score: {root.name}", root)
+    rep = Report(f"priorshift score: {root.name}", stage)
     det = config.get("detector", {})
     rep.add_text(f"{len(rows)} {config.get('input_kind', 'inputs')} scored with {det.get('detector', det) if isinstance(det, dict) else det}; "
                  f"{float(rows[0]['nfe']):.0f} NFE per image. Higher = more shifted.")
     rep.add_heading("Scores")
-    hist = histogram_figure({"all inputs": scores}, root / "figures" / "scores_hist.png", title="score distribution")
-    rep.add_figure(hist, "distribution of the scores (no labels: a score run has no ground truth)")
+    _figure(rep, "distribution of the scores (no labels: a score run has no ground truth)", histogram_figure, {"all inputs": scores},
+            rep.root / "figures" / "scores_hist.png", title="score distribution")
     top = sorted(rows, key=lambda r: -float(r["score"]))[:10]
     extra = [k for k in rows[0] if k not in ("index", "score", "nfe", "seed")]
     rep.add_table(["index", "score", "seed", *extra], [[int(r["index"]), float(r["score"]), int(r["seed"]), *(float(r[k]) for k in extra)] for r in top])
     rep.add_text("The ten most shifted inputs.", note=True)
     if (root / "heatmaps.png").is_file():
         rep.add_heading("Maps")
-        rep.add_figure(root / "heatmaps.png", "measurement → reconstruction → map (shared colour scale) for the first inputs")
+        try:
+            os.link(root / "heatmaps.png", stage / "heatmaps.png")  # the same file: moving it back changes nothing
+        except OSError:
+            import shutil
+
+            shutil.copy2(root / "heatmaps.png", stage / "heatmaps.png")
+        rep.add_figure(stage / "heatmaps.png", "measurement → reconstruction → map (shared colour scale) for the first inputs")
     if config:
         rep.add_heading("Configuration")
         rep.add_config(config)

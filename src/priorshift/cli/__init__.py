@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("priors", help="list the bundled priors and how each was trained")
     pr.set_defaults(func=_cmd_priors)
-    ds = sub.add_parser("datasets", help="list the dataset names")
+    ds = sub.add_parser("datasets", help="list the datasets: source, splits, sizes and options")
     ds.set_defaults(func=_cmd_datasets)
     return p
 
@@ -115,11 +115,18 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from ._common import _Interrupted, interruptible
+
     try:
-        return int(args.func(args) or 0)
+        with interruptible():
+            return int(args.func(args) or 0)
     except (ValueError, OSError) as e:  # bad input, a missing / unreadable file: one line that says what to fix
         if args.debug:
             raise
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"priorshift {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: outputs are atomic, so nothing half-written is left
+        signal_name = e.signal_name if isinstance(e, _Interrupted) else "SIGINT"
+        print(f"\npriorshift {args.command}: interrupted ({signal_name}); no output was left half-written", file=sys.stderr)
+        return 143 if signal_name == "SIGTERM" else 130

@@ -3,6 +3,7 @@ and plain TOML-able values."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 
@@ -14,9 +15,32 @@ def _check_out_parent(out: Path) -> None:
             return
 
 
-def _check_threads(n: int) -> None:
+def _cpu_count() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check_threads(n: int, command: str = "score") -> int:
+    """``--threads``: refused below 0; above this machine's CPU cores capped to them with a warning (ten thousand
+    threads on two cores make a run twenty times slower). Returns the number to use (0: torch's choice)."""
     if n < 0:
         raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {n}")
+    cores = _cpu_count()
+    if n > cores:
+        _warn(command, f"--threads {n} is more than the {cores} CPU core(s) here; using {cores}")
+        return cores
+    return n
+
+
+def _warn(command: str, message: str) -> None:
+    """One warning line on stderr: ``priorshift COMMAND: warning: MESSAGE``."""
+    import sys
+
+    print(f"priorshift {command}: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _reading_note(what: str, path: str, reading: str) -> str:
@@ -52,3 +76,29 @@ def _drop_none(value):
     if isinstance(value, list):
         return [_drop_none(v) for v in value if v is not None]
     return value
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's ``KeyboardInterrupt`` so that every ``finally`` and atomic write cleans up."""
+
+    signal_name = "SIGTERM"
+
+
+@contextlib.contextmanager
+def interruptible():
+    """While the block runs (in the main thread), SIGTERM raises :class:`_Interrupted`; the handler before is restored."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -60,7 +60,19 @@ def _sampler(name: str):
 
 
 def _param_source(args, key: str) -> str:
-    """Where detector parameter ``key`` was set: ``--param key=RAW``, ``--config FILE [param] key = VALUE`` or ``--plan``."""
+    """Where detector parameter ``key`` was set: ``--param key=RAW``, ``--config FILE [param] key = VALUE`` or ``--plan``;
+    a field of the sampling plan (``plan.K``): ``--plan K=RAW``, ``--param plan.K=RAW`` or ``--config FILE [plan] K = VALUE``."""
+    if key.startswith("plan."):
+        sub = key[len("plan."):]
+        for flag, items, name in (("--plan", args.plan, sub), ("--param", args.param, key)):
+            for item in reversed(items or ()):
+                k, _, v = item.partition("=")
+                if k == name:
+                    return f"{flag} {name}={v}"
+        if sub in getattr(args, "file_plan", ()) or key in getattr(args, "file_plan", ()):
+            table, value = ("[plan]", args.plan_values.get(sub)) if sub in args.file_plan else ("[param] plan", args.param_values.get("plan", {}).get(sub))
+            return f"--config {args.config}: {table} {sub} = {toml_value(_plain(value)) if value is not None else '?'}"
+        return f"--plan {sub}"
     for item in reversed(args.param or ()):
         k, _, v = item.partition("=")
         if k == key:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import _check_out_parent, _check_threads
+from ._common import _check_threads
 
 
 def _cmd_demo(args) -> int:
@@ -18,14 +18,16 @@ def _cmd_bench(args) -> int:
 
     from priorshift.bench.grid import load_config, run_grid
 
-    _check_threads(args.threads)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from priorshift.io import check_writable, resolve_out
+
+    threads = _check_threads(args.threads, "bench")
+    if threads:
+        torch.set_num_threads(threads)
     cfg = load_config(args.config)
-    out = Path(args.out) if args.out else Path("out") / Path(args.config).stem
-    _check_out_parent(out)
+    out = resolve_out(Path(args.out) if args.out else Path("out") / Path(args.config).stem)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is an existing file; give a directory")
+    check_writable(out)
     only = set(args.only.split(",")) if args.only else None
     summary = run_grid(cfg, out, only=only, cached_only=args.cached_only, log=(lambda s: None) if args.quiet else None)
     print((out / "results.md").read_text())
@@ -58,7 +60,15 @@ def _cmd_priors(args) -> int:
 
 
 def _cmd_datasets(args) -> int:
-    from priorshift.registry import names
+    """Every registered dataset with what its factory's docstring says (source, splits, sizes, options)."""
+    import inspect
+    import re
 
-    print("\n".join(names("dataset")))
+    from priorshift.registry import get, names
+
+    for name in names("dataset"):
+        doc = " ".join((inspect.getdoc(get("dataset", name)) or "").split())
+        doc = re.sub(r":\w+:`~?(?:[\w.]+\.)?([\w]+)`", r"\1", doc).replace("``", "")  # plain text, not reST
+        print(f"{name:14s} {doc}")
+    print("\nUse as --data NAME[:k=v,...] (train) or dataset = NAME in a bench config; folder:PATH and npy:PATH read your own images.")
     return 0

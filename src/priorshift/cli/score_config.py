@@ -26,7 +26,7 @@ def _toml_loads(text: str) -> dict:
 # What a score config.toml may set: the options of `priorshift score` (by their argparse names), [param] and
 # [plan] (the detector's parameters and sampling plan) and [run] (what the run resolved to and cost; not read).
 SCORE_CONFIG_KEYS = {"task": str, "prior": str, "detector": str, "operator": str, "mask": str, "measurements": str, "images": str,
-                     "value_range": str, "fit": str, "seed": int, "batch_size": int, "device": str, "threads": int, "out": str,
+                     "value_range": str, "fit": str, "fit_kind": str, "seed": int, "batch_size": int, "device": str, "threads": int, "out": str,
                      "param": dict, "plan": dict, "run": dict}
 _CONFIG_PATH_KEYS = ("mask", "measurements", "images", "fit", "out")
 VALUE_RANGE_CHOICES = ["uint8", "uint16", "unit", "symmetric"]
@@ -74,7 +74,12 @@ def _add_score_arguments(sc, *, suppress: bool = False) -> None:
         help="how --images / --fit image files map to [-1, 1]: uint8 [0, 255], uint16, unit [0, 1] or symmetric [-1, 1] "
              "(default: by dtype and range — float data within [0, 1] is read as [0, 1], which [-1, 1] data without "
              "negative values cannot be told from; the reading used is printed and recorded in config.json)")
-    add("--fit", metavar="ID.npy", help="in-distribution data for detectors that are calibrated, measurements or images (default: none)")
+    add("--fit", metavar="ID.npy", help="in-distribution data for detectors that are calibrated, read as the scored input is: images "
+        "with --images (measured with the operator when the detector scores measurements), measurements with --measurements "
+        "(see --fit-kind) (default: none)")
+    add("--fit-kind", choices=["images", "measurements"],
+        help="what --fit holds, when not what the scored input holds: images (value rule of --images, measured with the operator "
+             "for a detector of measurements) or measurements (read as is) (default: the kind of --images / --measurements)")
     add("--operator", metavar="SPEC",
         help="NAME[:k=v,...]: ct:views=20,noise=0.5 | inpaint:p=0.5,block=4 | blur:kernel=7,sigma=1.5,noise=0.02 | sr:factor=2 | mri:accel=4 | "
              "identity:noise=0.1 (default: the task's)")
@@ -119,6 +124,8 @@ def read_score_config(path) -> tuple[Path, dict]:
             raise ValueError(f"--config {file}: {key} must be {names[kind]}, got {toml_value(_plain(value)) if not isinstance(value, dict) else 'a table'}")
     if cfg.get("value_range") not in (None, *VALUE_RANGE_CHOICES):
         raise ValueError(f"--config {file}: value_range must be one of {', '.join(VALUE_RANGE_CHOICES)}, got {cfg['value_range']!r}")
+    if cfg.get("fit_kind") not in (None, "images", "measurements"):
+        raise ValueError(f"--config {file}: fit_kind must be images or measurements, got {cfg['fit_kind']!r}")
     if not isinstance(cfg.get("param", {}).get("plan", {}), dict):
         raise ValueError(f"--config {file}: [param] plan must be a table (or use [plan])")
     base = file.parent.absolute()
@@ -154,7 +161,7 @@ def _apply_score_config(args) -> None:
     from priorshift.tasks import PLAN_FIELDS
 
     param, plan = parse_pairs(args.param, "--param"), parse_pairs(args.plan, "--plan")
-    args.from_file, args.file_params, args.recorded_run = set(), set(), {}
+    args.from_file, args.file_params, args.file_plan, args.recorded_run = set(), set(), set(), {}
     if args.config:
         file, cfg = read_score_config(args.config)
         args.config = str(file)
@@ -172,6 +179,7 @@ def _apply_score_config(args) -> None:
                 setattr(args, key, value)
                 args.from_file.add(key)
         args.file_params = set(file_param) - set(param)
+        args.file_plan = {k for k in file_plan if k not in plan} | {f"plan.{k}" for k in file_param.get("plan", {}) if k not in param.get("plan", {})}
         inner = {**file_param.pop("plan", {}), **param.pop("plan", {})}
         param = {**file_param, **param, **({"plan": inner} if inner else {})}
         plan = {**file_plan, **plan}
@@ -180,23 +188,9 @@ def _apply_score_config(args) -> None:
 
 def check_device(name: str):
     """``--device NAME`` as a ``torch.device``; a clear error when it does not exist or is not available here."""
-    import torch
+    from priorshift._checks import check_device as check
 
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"--device {name!r} is not a torch device; give cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ValueError(f"--device {name}: CUDA is not available ({why}; torch {torch.__version__}); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s), numbered from 0")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: MPS is not available here; use --device cpu")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {name}: only cpu, cuda and mps devices are supported")
-    return dev
+    return check(name, "--device")
 
 
 def _file_digest(path) -> str | None:
@@ -280,13 +274,16 @@ def _score_config_toml(args, *, prior_name, prior, op, spec, noise_acts: bool, d
     param, plan = _resolved_detector_settings(args, det)
     doc = {"task": args.task, "prior": _abs_prior(str(prior_name)), "detector": args.detector, "operator": _spec_with_noise(args, spec, op, noise_acts)}
     doc.update({k: str(Path(getattr(args, k)).expanduser().absolute()) for k in ("mask", "measurements", "images", "fit") if getattr(args, k)})
+    if args.fit and getattr(args, "fit_kind", None):
+        doc["fit_kind"] = args.fit_kind  # how --fit was read, so that --config reads it the same way
     doc.update(value_range=args.value_range, seed=args.seed, batch_size=args.batch_size, device=args.device, threads=args.threads,
                out=str(out.absolute()), param=param, plan=plan)
     run = {
         "operator": repr(op), "noise_std": float(op.noise_std), "input_kind": kind, "n": n, "value_range": readings or None,
-        "input_sha256": _file_digest(args.measurements or args.images), "fit_sha256": _file_digest(args.fit),
-        "prior_sha256": (getattr(prior, "config", None) or {}).get("weights_sha256"), "detector": det.config() if hasattr(det, "config") else None,
-        **{k: config[k] for k in ("nfe_total", "nfe_per_image", "seconds") if k in config},
+        "inputs": config.get("inputs"), "input_sha256": _file_digest(args.measurements or args.images), "fit_sha256": _file_digest(args.fit),
+        "prior_sha256": (getattr(prior, "config", None) or {}).get("prior_sha256"),
+        "weights_sha256": (getattr(prior, "config", None) or {}).get("weights_sha256"), "detector": det.config() if hasattr(det, "config") else None,
+        **{k: config[k] for k in ("nfe_total", "nfe_fit", "nfe_per_image", "seconds", "figure_error") if k in config},
         "command": "priorshift " + " ".join(shlex.quote(str(a)) for a in getattr(args, "argv", ())),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs",

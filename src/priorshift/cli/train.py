@@ -72,7 +72,7 @@ def _cmd_train(args) -> int:
     from priorshift.diffusion.training import TrainConfig, check_run_dir, train, trained_steps
 
     # -- validate everything before anything is loaded or created --
-    _check_threads(args.threads)
+    args.threads = _check_threads(args.threads, "train")
     for flag, value, lo in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1), ("--checkpoint-every", args.checkpoint_every, 1),
                             ("--image-size", args.image_size, 8)):
         if value < lo:
@@ -81,6 +81,10 @@ def _cmd_train(args) -> int:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
     if args.train_size is not None and args.train_size < 1:
         raise ValueError(f"--train-size must be >= 1, got {args.train_size}")
+    from priorshift._checks import check_memory
+
+    check_memory(4.0 * args.image_size**2 * max(args.train_size or 0, args.batch_size), f"--train-size {args.train_size} / --batch-size "
+                 f"{args.batch_size} images of {args.image_size}×{args.image_size} (float32, before any network activation)")
     if args.stream and (args.data != "phantom-ct" or args.train_size is not None):
         raise ValueError(f"--stream renders procedural phantoms on the fly: it needs --data phantom-ct and no --train-size (got --data {args.data!r}"
                          + (f", --train-size {args.train_size})" if args.train_size is not None else ")"))

@@ -86,8 +86,11 @@ def parse_spec(spec: str | OperatorSpec) -> OperatorSpec:
 
 def operator_from_spec(spec: str | OperatorSpec, image_size: int, mask_path: str | None = None):
     """``NAME[:k=v,...]`` (text, or as read by :func:`parse_spec`) → an operator. ``ct`` gets the prior's image
-    size; ``inpainting`` without a mask gets a random pixel mask with observation probability ``p`` (default 0.5;
-    ``block=b`` for b×b blocks, ``seed``); ``mask=PATH.npy`` (or ``--mask``) loads one (1 = observed)."""
+    size; ``blur`` without ``kernel`` a kernel of ±3σ (at most the image); ``inpainting`` without a mask gets a random
+    pixel mask with observation probability ``p`` (default 0.5; ``block=b`` for b×b blocks, ``seed``);
+    ``mask=PATH.npy`` (or ``--mask``) loads one (1 = observed; then ``p``, ``block``, ``accel``, ``seed`` are refused)."""
+    import math
+
     import numpy as np
     import torch
 
@@ -98,9 +101,24 @@ def operator_from_spec(spec: str | OperatorSpec, image_size: int, mask_path: str
     mask_path = kw.pop("mask", mask_path)
     if name == "ct":
         kw.setdefault("image_size", image_size)
+    if name == "blur" and "kernel_size" not in kw and isinstance(kw.get("sigma"), (int, float)) and kw["sigma"] > 0:
+        kw["kernel_size"] = min(2 * math.ceil(3 * kw["sigma"]) + 1, image_size - (1 - image_size % 2))  # ±3σ, at most the image
     if name in ("inpainting", "mri"):
         if mask_path is not None:
-            kw["mask"] = torch.from_numpy(np.load(str(mask_path), allow_pickle=False).astype("float32"))
+            drawn = [k for k in ("p", "block", "accel", "seed") if k in kw]
+            if drawn:
+                raise ValueError(f"--mask {mask_path} gives the mask, so {', '.join(f'{k}={kw[k]!r}' for k in drawn)} in --operator "
+                                 f"{spec.text!r} (the settings of a random mask) would be ignored: drop {'it' if len(drawn) == 1 else 'them'}, "
+                                 "or drop --mask")
+            from priorshift.data.npyfile import read_npy
+
+            try:
+                arr = read_npy(mask_path)
+            except (ValueError, FileNotFoundError) as e:
+                raise ValueError(f"--mask {e}") from None
+            if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+                raise ValueError(f"--mask {mask_path} holds {arr.dtype} values; save a 0/1 numeric array")
+            kw["mask"] = torch.from_numpy(arr.astype("float32"))
         elif name == "inpainting":
             p, block, seed = float(kw.pop("p", 0.5)), int(kw.pop("block", 1)), int(kw.pop("seed", 0))
             g = torch.Generator().manual_seed(seed)
@@ -114,3 +132,7 @@ def operator_from_spec(spec: str | OperatorSpec, image_size: int, mask_path: str
         return make_operator(name, **kw)
     except TypeError as e:
         raise ValueError(f"--operator {spec.text!r}: {e}") from None
+    except ValueError as e:
+        if mask_path is not None and str(e).startswith("mask"):
+            raise ValueError(f"--mask {mask_path}: {e}") from None
+        raise
