@@ -89,8 +89,9 @@ def damaged_copy(src: Path, dst: Path, *, keep_checksum: bool) -> Path:
     raw[mid:mid + 512] = b"\xff" * 512
     dst.write_bytes(bytes(raw))
     cfg = json.loads(src.with_suffix(".json").read_text())
-    if not keep_checksum:
+    if not keep_checksum:  # an older checkpoint, written before checksums and digests were recorded
         cfg.pop("weights_sha256", None)
+        cfg.pop("prior_sha256", None)
     dst.with_suffix(".json").write_text(json.dumps(cfg))
     return dst
 
@@ -323,8 +324,8 @@ def test_outputs_never_mix_runs(case, tiny, tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
 
         monkeypatch.setattr("priorshift.bench.figures.heatmap_figure", boom)
-        with pytest.raises(KeyboardInterrupt):
-            main(_score_argv(tiny, tmp_path / "out", "--overwrite", "--seed", "5"))
+        assert main(_score_argv(tiny, tmp_path / "out", "--overwrite", "--seed", "5")) == 130  # Ctrl-C: the conventional code
+        assert "interrupted (SIGINT)" in capsys.readouterr().err
         assert snapshot(tmp_path) == before
     elif case == "train-other-run":
         shutil.copytree(tiny / "run", tmp_path / "run")
