@@ -19,8 +19,7 @@ import pytest
 import torch
 
 from priorshift.cli import main
-
-SCORE = ["--quiet", "--threads", "1", "--plan", "steps=3", "--param", "samples=1"]
+from robust_helpers import SCORE, refused, snapshot
 
 
 # -- fixtures and helpers ------------------------------------------------------------------------------
@@ -56,28 +55,6 @@ def tiny(tmp_path_factory):
 
 def prior_path(tiny) -> str:
     return str(tiny / "run" / "run.safetensors")
-
-
-def snapshot(root: Path) -> dict:
-    """Every file and directory under ``root`` with its content hash: 'exactly as before the call'."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-    return out
-
-
-def refused(argv, capsys, root: Path, *needles: str) -> str:
-    """Run the CLI; assert exit code 2, one line naming every needle, no traceback, ``root`` unchanged."""
-    before = snapshot(root)
-    capsys.readouterr()
-    assert main(argv) == 2, argv
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, (needle, err)
-    assert snapshot(root) == before, "a refused run must leave everything as it was"
-    return err
 
 
 def damaged_copy(src: Path, dst: Path, *, keep_checksum: bool) -> Path:

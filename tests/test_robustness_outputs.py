@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 
 import numpy as np
@@ -171,6 +170,8 @@ MESSAGES = {
     "param-samples-ten": (["--param", "samples=ten"], None, ["--param samples=ten", "samples must be an integer"]),
     "mask-with-p": (["--operator", "inpaint:p=0.5", "--mask", "MASK"], None, ["--mask", "p=0.5", "drop it"]),
     "mask-text": (["--operator", "inpaint", "--mask", "TEXT"], None, ["--mask", "text.npy", "is a text file"]),
+    "operator-value": (["--operator", "ct:views=abc"], None, ["--operator 'ct:views=abc'", "n_views must be a positive int, got 'abc'"]),
+    "noise-negative": (["--operator", "identity:noise=-1"], None, ["--operator 'identity:noise=-1'", "noise_std must be a finite number >= 0"]),
 }
 
 
@@ -216,6 +217,9 @@ def test_python_api_errors_are_one_clear_exception(tiny):
         KLIP(prior, Identity(), block=3)
     with pytest.raises(ValueError, match="block 3 must divide the image size 8×8"):
         KLIP(stationary_gaussian(8, length_scale=1.5, variance=0.25), Inpainting.example(8), block=3)
+    for bad in (-1.0, float("nan"), True):  # a negative noise level was silently no noise
+        with pytest.raises(ValueError, match="noise_std must be a finite number >= 0"):
+            Identity(noise_std=bad)
     for plan, match in (({"steps": "5"}, "steps must be an integer >= 1, got '5'"), ({"steps": 5, "sigma_max": "80"}, "sigma_max must be a number")):
         with pytest.raises(ValueError, match=match):
             KLIP(prior, Identity(), plan=plan)
@@ -331,3 +335,15 @@ def test_a_resumed_distributed_run_reports_all_its_seconds(tiny, tmp_path, monke
         monkeypatch.setenv("MASTER_PORT", str(s.getsockname()[1]))
     assert main(_argv(tiny, out, "--distributed")) == 0
     assert json.loads((out / "config.json").read_text())["seconds"] >= 1000.0 and not work.exists()
+
+
+def test_bench_data_and_reconstruction_errors_name_the_key_and_the_file(tiny, tmp_path, capsys):
+    _, prior = tiny
+    good = _bench_config(tmp_path, prior, '[[rows]]\ndetector = "denoising-error"\ndomain = "id"\n')
+    text = open(good).read()
+    for old, new, needles in (('id = { dataset = "npy:', 'id = { split = "test", set = "npy:', ["[data] id in bench config", "grid.toml", "dataset name"]),
+                              ("start = 0 }", 'start = "x" }', ["start of [data] id", "grid.toml", "integer >= 0, got 'x'"]),
+                              ("[[rows]]", '[reconstruction]\nplan = { steps = "x" }\n[[rows]]', ["row denoising-error@id of bench config",
+                                                                                                 "grid.toml", "[reconstruction]", "got 'x'"])):
+        (tmp_path / "grid.toml").write_text(text.replace(old, new, 1))
+        refused(["bench", str(tmp_path / "grid.toml"), "--out", str(tmp_path / "b"), "--quiet"], capsys, tmp_path, *needles)

@@ -75,6 +75,15 @@ def load_config(path: str | Path) -> dict:
     for key in ("id", "ood"):
         if key not in cfg["data"]:
             raise ValueError(f"bench config {path}: [data] needs '{key}' = {{ dataset = ..., split = ..., start = ... }}")
+    for key, entry in cfg["data"].items():
+        where = f"[data] {key} in bench config {path}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("dataset"), str):
+            raise ValueError(f"{where} must be a table with a dataset name: {{ dataset = ..., split = ..., start = ... }}, got {entry!r}")
+        start = entry.get("start", 0)
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"start of {where} must be an integer >= 0, got {start!r}")
+        if not isinstance(entry.get("split", "test"), str):
+            raise ValueError(f"split of {where} must be a string (train or test), got {entry['split']!r}")
     domains = cfg.get("domains", {})
     from priorshift.registry import names
 
@@ -176,9 +185,14 @@ def _detector(row: dict, prior, operators: dict, cfg: dict):
     if domain in recon.get("zeta", {}):
         plan["zeta"] = recon["zeta"][domain]
     key = row_key(row)
-    return make_detector(row["detector"], prior, operators.get(domain), task=task, params=row["params"], reconstruction=plan,
-                         inputs="images" if domain == "images" else "measurements", label=f"row {key}: detector {row['detector']!r}",
-                         source=lambda k: f"row {key}: params.{k}")
+    try:
+        return make_detector(row["detector"], prior, operators.get(domain), task=task, params=row["params"], reconstruction=plan,
+                             inputs="images" if domain == "images" else "measurements", label=f"row {key}: detector {row['detector']!r}",
+                             source=lambda k: f"row {key}: params.{k}")
+    except ValueError as e:
+        if str(e).startswith("row "):
+            raise
+        raise ValueError(f"row {key} of bench config {cfg['_path']} (its params, or [reconstruction]): {e}") from None
 
 
 def _row_definition(row: dict, cfg: dict) -> dict:

@@ -46,6 +46,12 @@ class LinearOperator:
     conditions for every operator that declares it."""
 
     def __init__(self, noise_std: float = 0.0):
+        try:
+            ok = not isinstance(noise_std, (bool, str)) and 0 <= float(noise_std) < float("inf")
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
         self.noise_std = float(noise_std)
 
     # -- the operator ---------------------------------------------------------------------------------

@@ -135,4 +135,4 @@ def operator_from_spec(spec: str | OperatorSpec, image_size: int, mask_path: str
     except ValueError as e:
         if mask_path is not None and str(e).startswith("mask"):
             raise ValueError(f"--mask {mask_path}: {e}") from None
-        raise
+        raise ValueError(f"--operator {spec.text!r}: {e}") from None
