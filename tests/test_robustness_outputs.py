@@ -170,6 +170,7 @@ MESSAGES = {
     "param-samples-ten": (["--param", "samples=ten"], None, ["--param samples=ten", "samples must be an integer"]),
     "mask-with-p": (["--operator", "inpaint:p=0.5", "--mask", "MASK"], None, ["--mask", "p=0.5", "drop it"]),
     "mask-text": (["--operator", "inpaint", "--mask", "TEXT"], None, ["--mask", "text.npy", "is a text file"]),
+    "mask-size": (["--operator", "inpaint", "--mask", "MASK8"], None, ["--mask", "mask8.npy", "is 8×8", "16×16"]),
     "operator-value": (["--operator", "ct:views=abc"], None, ["--operator 'ct:views=abc'", "n_views must be a positive int, got 'abc'"]),
     "noise-negative": (["--operator", "identity:noise=-1"], None, ["--operator 'identity:noise=-1'", "noise_std must be a finite number >= 0"]),
 }
@@ -180,9 +181,10 @@ def test_messages_name_the_key_and_the_file(case, tiny, tmp_path, capsys):
     extra, steps, needles = MESSAGES[case]
     d, prior = tiny
     np.save(tmp_path / "mask.npy", np.ones((1, 16, 16), np.float32))
+    np.save(tmp_path / "mask8.npy", np.ones((1, 8, 8), np.float32))
     (tmp_path / "text.npy").write_text("0 1 1 0\n")
     (tmp_path / "c.toml").write_text(f'prior = "{prior}"\noperator = "identity:noise=0.1"\nimages = "{d / "x8.npy"}"\n[plan]\n{steps}\n')
-    extra = [{"CFG": str(tmp_path / "c.toml"), "MASK": str(tmp_path / "mask.npy"), "TEXT": str(tmp_path / "text.npy")}.get(a, a) for a in extra]
+    extra = [{"CFG": str(tmp_path / "c.toml"), "MASK": str(tmp_path / "mask.npy"), "MASK8": str(tmp_path / "mask8.npy"), "TEXT": str(tmp_path / "text.npy")}.get(a, a) for a in extra]
     argv = ["score", *extra, "--out", str(tmp_path / "o"), "--quiet"] if "--config" in extra else _argv(tiny, tmp_path / "o", *extra)
     refused(argv, capsys, tmp_path, *needles)  # (a second --operator replaces _argv's)
 

@@ -129,6 +129,8 @@ def _score(args) -> int:
         op = task.make_operator()
     else:
         raise ValueError("give --operator SPEC (e.g. ct:views=20,noise=0.5, inpaint:p=0.5, blur:sigma=1.5, sr:factor=2, identity:noise=0.05) or --task NAME")
+    if args.mask and hasattr(op, "mask") and tuple(op.mask.shape[-2:]) != (size, size):
+        raise ValueError(f"--mask {args.mask} is {op.mask.shape[-2]}×{op.mask.shape[-1]}; the prior {prior_name} takes {size}×{size} images")
     if args.mask and hasattr(op, "mask") and rank == 0:
         observed = float(op.mask.float().mean())
         if observed < 0.05:
