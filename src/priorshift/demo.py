@@ -10,7 +10,10 @@ residual), with the AUROC's standard error:
 2. *not yet*: the bundled ``phantom-ct-64`` prior, 20-view parallel-beam CT of healthy vs lesion phantoms (the
    ``ct`` task; window and block tuned on CT stars, never on lesions), with the maps and their block AUROC.
 Prints a table and writes ``report.html`` (table, ROC curves, heatmaps, config), ``results.md``, ``metrics.json``, ``roc.png``
-and ``heatmaps.png`` to the output directory, all at once (a temporary directory renamed into place).
+and ``heatmaps.png`` to the output directory, all at once (a temporary directory renamed into place). It ends with a
+decision: how many OOD and how many ID items each detector flags at α = 0.05, by conformal p-values calibrated on
+the case's own ID calibration measurements (:mod:`priorshift.calibrate`; full conformal for the detectors fitted on
+them, so that every calibration item counts).
 
 The output directory is written whole or not at all: the files go into a temporary directory beside it, renamed
 into place at the end, so an interrupted or failed demo leaves the previous output (or nothing) — never a mix.
@@ -20,6 +23,7 @@ before any work is done, as are a prior of the wrong size and ``n < 2``.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,8 +33,9 @@ import torch
 
 from priorshift.bench.figures import heatmap_figure, roc_figure
 from priorshift.bench.klip_eval import Setting, evaluate, multiscale_scores, score_set
+from priorshift.calibrate import conformal_pvalues, full_conformal_pvalues
 from priorshift.detectors.klip import image_score
-from priorshift.detectors.klip_multiscale import DEFAULT_BLOCK, DEFAULT_WINDOWS, equal_windows
+from priorshift.detectors.klip_multiscale import DEFAULT_BLOCK, DEFAULT_WINDOWS, equal_windows, fit_windows, window_features
 from priorshift.metrics import auroc_standard_error, block_auroc, ood_metrics
 from priorshift.registry import get
 from priorshift.tasks import get_task
@@ -40,6 +45,7 @@ __all__ = ["run_demo", "DEMO_FILES", "check_output_dir", "write_output_dir"]
 DEMO_FILES = ("heatmaps.png", "roc.png", "results.md", "metrics.json", "report.html")
 """What a demo writes; an existing output directory holding only these is a previous demo, and is replaced."""
 
+ALPHA = 0.05  # the false-alarm rate of the demo's decisions
 TASK = get_task("ct")  # prior, 20-view CT with noise, the sampler, KLIP's tuned window and block
 FMNIST_TASK = get_task("fmnist-blur")  # the case where KLIP detects
 
@@ -90,10 +96,11 @@ def _report(path: Path, cases: dict, *, text: str, config: dict) -> Path:
         n_id, n_ood = case["n"]
         rep.add_text(case["title"])
         rows = [[name, r["auroc"], auroc_standard_error(r["auroc"], n_id, n_ood), r["fpr95_ood_positive"], r["aupr_out"], r["block_auroc_mean"],
-                 round(r["nfe_per_image"])] for name, r in case["results"].items()]
-        rep.add_table(["method", "AUROC", "± SE", "FPR@95 (OOD+)", "AUPR-out", "block AUROC", "NFE / image"], rows,
-                      highlight=[name in TRIVIAL for name in case["results"]])
-    rep.add_text("Shaded: trivial baselines (the statistic standardised on other in-distribution images). Block AUROC: does the map find the lesion.", note=True)
+                 round(r["nfe_per_image"]), f"{r['flagged_ood']}/{n_ood}", f"{r['flagged_id']}/{n_id}"] for name, r in case["results"].items()]
+        rep.add_table(["method", "AUROC", "± SE", "FPR@95 (OOD+)", "AUPR-out", "block AUROC", "NFE / image", f"OOD flagged (α = {ALPHA})",
+                       f"ID flagged (α = {ALPHA})"], rows, highlight=[name in TRIVIAL for name in case["results"]])
+    rep.add_text("Shaded: trivial baselines (the statistic standardised on other in-distribution images). Block AUROC: does the map find the lesion. "
+                 f"Flagged: conformal p-value ≤ {ALPHA}, calibrated on the case's ID calibration measurements (priorshift.calibrate).", note=True)
     rep.add_figure(path.parent / "roc.png", "ROC curves, OOD = positive")
     rep.add_figure(path.parent / "heatmaps.png", "CT: FBP → posterior reconstruction → KLIP map → ground truth")
     rep.add_config(config)
@@ -114,11 +121,12 @@ def _score_case(task, prior, op, y_id, y_ood, y_cal, *, steps: int, seeds: tuple
         "KLIP": (Setting(**task.klip_settings["dataset"]), Setting(**task.klip_settings["image"])),
         "whole-image KL": (Setting((0.0, 1.0), None, "whole_image"), None),
     }
-    results, curves = {}, {}
+    results, curves, pvalues = {}, {}, {}
     # Multiscale KLIP: every window, z-scored on the ID calibration measurements (its recipe's defaults), summed.
     tr_cal = score_set(prior, op, y_cal, seed=range(seeds[0] + 50_000, seeds[0] + 50_000 + y_cal.shape[0]), progress=progress("calibration"), **kw)
     ms = multiscale_scores(tr_cal, {"id": tr_id, "ood": tr_ood}, windows=equal_windows(DEFAULT_WINDOWS), block=DEFAULT_BLOCK, maps=True)
     curves["KLIP multiscale"] = (ms["id"][0].numpy(), ms["ood"][0].numpy())
+    pvalues["KLIP multiscale"] = _multiscale_pvalues(tr_cal, tr_id, tr_ood)
     loc = (block_auroc(ms["ood"][1], masks, DEFAULT_BLOCK, body_mask=body_masks) if masks is not None else None)
     ms_result = {**ood_metrics(*curves["KLIP multiscale"]), "nfe_per_image": tr_ood.nfe_per_image_full,
                                   "block_auroc_mean": float("nan") if loc is None else loc.mean, "block_auroc_std": float("nan") if loc is None else loc.std,
@@ -126,6 +134,8 @@ def _score_case(task, prior, op, y_id, y_ood, y_cal, *, steps: int, seeds: tuple
                                   "map_setting": None}
     for name, (ds, im) in rows.items():
         curves[name] = (image_score(ds.maps(tr_id)).numpy(), image_score(ds.maps(tr_ood)).numpy())
+        cal = image_score(ds.maps(tr_cal))  # needs no fit: the calibration measurements calibrate (split conformal)
+        pvalues[name] = [conformal_pvalues(cal, torch.from_numpy(c)) for c in curves[name]]
         r = evaluate(ds, tr_id, tr_ood)
         loc = evaluate(im, tr_id, tr_ood, masks, body_masks) if (im is not None and masks is not None) else {"block_auroc_mean": float("nan"), "block_auroc_std": float("nan")}
         results[name] = {**r, "block_auroc_mean": loc["block_auroc_mean"], "block_auroc_std": loc["block_auroc_std"], "setting": ds.label(),
@@ -141,7 +151,39 @@ def _score_case(task, prior, op, y_id, y_ood, y_cal, *, steps: int, seeds: tuple
         curves[label] = (det.score(y_id).score.numpy(), det.score(y_ood).score.numpy())
         r = ood_metrics(*curves[label])
         results[label] = {**r, "block_auroc_mean": float("nan"), "block_auroc_std": float("nan"), "nfe_per_image": 0.0, "setting": repr(det)}
+        # decision: full conformal, the standardisation refitted on the calibration measurements plus the item
+        pvalues[label] = [full_conformal_pvalues(y_cal, y, lambda rows, det=det: det.fit(rows).score(rows).score) for y in (y_id, y_ood)]
+    for name, (p_id, p_ood) in pvalues.items():
+        results[name].update(flagged_id=int((p_id <= ALPHA).sum()), flagged_ood=int((p_ood <= ALPHA).sum()), n_calibration=y_cal.shape[0])
     return results, curves, (tr_id, tr_ood)
+
+
+def _multiscale_pvalues(tr_cal, tr_id, tr_ood) -> list:
+    """Multiscale KLIP's full-conformal p-values: its window z-scores refitted on the calibration traces plus the item."""
+    def features(t):
+        return window_features(t.step_maps, equal_windows(DEFAULT_WINDOWS), t.n_steps, pool=DEFAULT_BLOCK // t.base_block)[1]
+
+    def fit_score(f):
+        mean, std = fit_windows(f, 1e-3)  # KLIPMultiscale's min_std
+        return ((f - mean) / std).sum(1)
+
+    cal = features(tr_cal)
+    return [full_conformal_pvalues(cal, features(t), fit_score) for t in (tr_id, tr_ood)]
+
+
+def _decision(cases: dict) -> str:
+    """The demo's last word: how many OOD and ID items each detector flags at ALPHA."""
+    lines = [f"Decision at alpha = {ALPHA}: conformal p-values, calibrated on each case's own ID calibration measurements "
+             "(KLIP, whole-image KL: split conformal; multiscale KLIP and the baselines, fitted on them: full conformal)."]
+    for case in cases.values():
+        n_id, n_ood = case["n"]
+        n_cal = next(iter(case["results"].values()))["n_calibration"]
+        lines.append(f"  {case['short']}: calibration n = {n_cal}, smallest p-value 1/(n+1) = {1 / (n_cal + 1):.3f}"
+                     + ("" if 1 / (n_cal + 1) <= ALPHA else f" > alpha: nothing can be flagged (give --n >= {math.ceil(1 / ALPHA) - 1})"))
+        for name, r in case["results"].items():
+            lines.append(f"    {name:22s} flags {r['flagged_ood']:3d}/{n_ood} OOD and {r['flagged_id']:3d}/{n_id} ID")
+    lines.append(f"  For ID items the expected share flagged is at most alpha = {ALPHA}; flagged OOD items are the detector's power.")
+    return "\n".join(lines)
 
 
 def _table(results: dict) -> str:
@@ -242,7 +284,10 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
                      "n": n, "seeds": {"healthy": 90_001, "lesions": 90_002, "calibration": 90_003}}}
     curves = {**{f"FMNIST {k}": v for k, v in fm_curves.items() if k in ("KLIP", "KLIP multiscale", "‖y‖²")},
               **{f"CT {k}": v for k, v in ct_curves.items() if k in ("KLIP", "KLIP multiscale", "‖y‖²")}}
-    cases = {"fmnist": {"title": fm_title, "results": fm_results, "n": (n, n)}, "ct": {"title": ct_title, "results": ct_results, "n": (n, n)}}
+    cases = {"fmnist": {"title": fm_title, "short": "Fashion-MNIST vs MNIST (blur)", "results": fm_results, "n": (n, n)},
+             "ct": {"title": ct_title, "short": "healthy vs lesion CT", "results": ct_results, "n": (n, n)}}
+    decision = _decision(cases)
+    text += f"\n## Decision\n\n```\n{decision}\n```\n"
     write_output_dir(out, {
         "heatmaps.png": lambda path: heatmap_figure(meas, rec, maps, masks, path, labels=labels,
                                                     measurement_title=f"FBP ({views} views)", title=f"KLIP map ({im.label()})"),
@@ -253,4 +298,5 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, n: int | None = 
         "report.html": lambda path: _report(path, cases, text=f"{elapsed:.0f} s on this machine; {n} + {n} images per case.", config=config),
     })
     print(f"\n  report:   {out / 'report.html'}\n  heatmaps: {out / 'heatmaps.png'}\n  table:    {out / 'results.md'}\n  done in {elapsed:.0f} s")
+    print(f"\n{decision}")
     return 0
