@@ -1,4 +1,4 @@
-"""The ``priorshift`` command line: ``demo``, ``train``, ``score``, ``bench``, ``report``, ``adapt``, ``priors``, ``datasets``.
+"""The ``priorshift`` command line: ``demo``, ``train``, ``score``, ``bench``, ``report``, ``adapt``, ``reconstruct``, ``monitor``, ``priors``, ``datasets``.
 
 Here: the parser and :func:`main` (an error is one line and exit code 2; ``--debug`` shows the traceback). Each
 command lives in its module: :mod:`.train`, :mod:`.score` (with :mod:`.detector` and :mod:`.score_config`),
@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .adapt import add_parser as add_adapt_parser
 
     add_adapt_parser(sub)
+
+    from .monitor import add_parser as add_monitor_parser
+    from .reconstruct import add_parser as add_reconstruct_parser
+
+    add_reconstruct_parser(sub)
+    add_monitor_parser(sub)
 
     pr = sub.add_parser("priors", help="list the bundled priors and how each was trained")
     pr.set_defaults(func=_cmd_priors)
