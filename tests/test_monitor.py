@@ -116,3 +116,5 @@ def test_monitor_cli_scores_a_stream_of_image_files(tmp_path):
     assert summary["alarm"] is not None and summary["alarm"] >= 60 and summary["alarm_file"] == "b.npy"
     assert main(["monitor", "--task", "fmnist-blur", "--detector", "measurement-norm", "--images", str(tmp_path / "a.npy"),
                  "--out", str(tmp_path / "m3")]) == 2  # no --calibrate: one clear error
+    assert main(["monitor", "--task", "fmnist-blur", "--detector", "measurement-norm", "--images", str(tmp_path / "a.npy"),
+                 "--calibrate", str(tmp_path / "cal.npy"), "--fit-size", "1", "--out", str(tmp_path / "m4")]) == 2

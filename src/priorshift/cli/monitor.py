@@ -83,6 +83,8 @@ def _cmd_monitor(args) -> int:
         detector = _detector(args, prior, op)
         y, files = _read_inputs(args, op, prior, prior_name, device)
         fit_size = int(args.fit_size) if args.fit_size >= 1 else float(args.fit_size)
+        if not (0 < args.fit_size < 1 or (fit_size == args.fit_size and fit_size >= 2)):
+            raise ValueError(f"--fit-size must be a share in (0, 1) or a count >= 2, got {args.fit_size:g}")
         conf = Conformal(detector, fit_size=fit_size, batch_size=args.batch_size).fit(_read_calibration(args, op, prior, prior_name, device), seed=CAL_SEED)
         scores = conf.decide(y, alpha=args.alpha, seed=args.seed).score
         cal = conf.calibration_scores_

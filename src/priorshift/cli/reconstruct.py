@@ -187,8 +187,9 @@ def _klips(args, prior, op, task):
             kw = task.settings_under("klip", kw, objective=objective)
         try:
             out.append(KLIP(prior, op, **kw))
-        except TypeError as e:
-            raise ValueError(f"{flag}: {e}") from None
+        except (TypeError, ValueError) as e:
+            what = "image score" if flag == "--param" else "map"
+            raise ValueError(f"the {what}'s KLIP ({flag} over the task's settings, with --plan / --samples): {e}") from None
     return out
 
 
