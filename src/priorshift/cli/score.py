@@ -5,55 +5,12 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import priorshift
 
 from ._common import _check_threads, _reading_note, _warn
 from .detector import _build_detector, _noise_ignored
 from .score_config import _apply_score_config, _file_digest, _score_config_toml, check_device
-
-
-def _load_npy(path: str, what: str):
-    """A measurement (or fit) array as float32, never unpickled; a missing, pickled or empty file is a ValueError."""
-    import numpy as np
-    import torch
-
-    from priorshift.data.datasets import read_npy
-
-    if not Path(path).is_file():
-        raise ValueError(f"{what} file {path!r} does not exist")
-    try:
-        arr = read_npy(path)
-    except ValueError as e:
-        raise ValueError(f"{what} {e}") from None
-    if arr.shape[:1] == (0,) or arr.size == 0:
-        raise ValueError(f"{what} file {path!r} holds 0 samples (shape {arr.shape})")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{what} file {path!r} holds {arr.dtype} values; save a numeric (float) array")
-    return torch.from_numpy(np.ascontiguousarray(arr)).float()
-
-
-def _load_images(path: str, what: str, value_range: str | None):
-    """Images from an ``.npy``, converted to [-1, 1] by the rule of :func:`priorshift.data.npy_stack`
-    (``value_range`` forces a reading); returns the images and the reading used."""
-    from priorshift.data.datasets import npy_images
-
-    if not Path(path).is_file():
-        raise ValueError(f"{what} file {path!r} does not exist")
-    try:
-        return npy_images(path, value_range=value_range)
-    except ValueError as e:
-        raise ValueError(f"{what} {e}") from None
-
-
-def _is_integer_npy(path: str) -> bool:
-    """Whether ``path`` holds integers (kept for callers of the old guess; ``score`` declares kinds: :mod:`.inputs`)."""
-    import numpy as np
-
-    from priorshift.data.datasets import read_npy
-
-    return bool(np.issubdtype(read_npy(path).dtype, np.integer))
 
 
 def _scores_to_cpu(s):
