@@ -67,8 +67,9 @@ def load_any(spec: str):
         seen = int(info["step"]) * int(cfg["batch_size"]) + SHIPPED_IMAGES.get(init, 0)
         return den, seen, cfg.get("backbone", "unet"), path.name
     den = load_prior(spec)
-    return den, SHIPPED_IMAGES.get(spec, (den.config.get("training") or {}).get("steps", 0) * (den.config.get("training") or {}).get("batch_size", 0)), \
-        den.config.get("architecture", "unet"), Path(spec).name
+    training, init = den.config.get("training") or {}, (den.config.get("init") or {}).get("prior")
+    seen = SHIPPED_IMAGES.get(spec, training.get("steps", 0) * training.get("batch_size", 0) + SHIPPED_IMAGES.get(init, 0))
+    return den, seen, den.config.get("architecture", "unet"), Path(spec).stem
 
 
 def local_error_maps(den, x: torch.Tensor, seed0: int) -> torch.Tensor:
@@ -128,10 +129,11 @@ def at_size_rows(den, size: int, n: int, label: str) -> list[str]:
     for s_px, d in ((den.image_size, den), (size, den.at_size(size))):
         x = healthy_set(n, size=s_px, seed=10_001).images
         ratios = [mse(d, x, s, PRIORS_PY_SEED[s]) / s**2 for s in CURVE_SIGMAS]
+        b = min(16, x.shape[0])
         t = time.perf_counter()
         with torch.no_grad():
-            d(x[:16], torch.full((16,), 0.5))
-        rows.append(f"| {s_px} | " + " | ".join(f"{r:.3f}" for r in ratios) + f" | {(time.perf_counter() - t) / 16:.4f} |")
+            d(x[:b], torch.full((b,), 0.5))
+        rows.append(f"| {s_px} | " + " | ".join(f"{r:.3f}" for r in ratios) + f" | {(time.perf_counter() - t) / b:.4f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -174,7 +176,7 @@ def main():
     for spec in specs:
         den, seen, backbone, label = load_any(spec)
         errs = [mse(den, test, s, PRIORS_PY_SEED[s]) for s in CURVE_SIGMAS]
-        results.append({"prior": spec, "backbone": backbone, "images_seen": seen, "mse": dict(zip(map(str, CURVE_SIGMAS), errs))})
+        results.append({"prior": spec, "label": label, "backbone": backbone, "images_seen": seen, "mse": dict(zip(map(str, CURVE_SIGMAS), errs))})
         lines.append(f"| `{label}` | {backbone} | {seen:,} | " + " | ".join(f"{e:.5f}" for e in errs) + " |")
         print(lines[-1], flush=True)
         if spec in wanted:
@@ -197,7 +199,7 @@ def main():
         lines.append(f"| reference: liver-aware local contrast (given the true liver mask) | {a:.3f} ± {auroc_standard_error(a, n, n):.3f} |"
                      + " |" * (len(names) - 1))
         for label, rows in detect.items():
-            next(r for r in results if Path(r["prior"]).name == label)["clean_auroc"] = {k: v[0] for k, v in rows.items()}
+            next(r for r in results if r["label"] == label)["clean_auroc"] = {k: v[0] for k, v in rows.items()}
     lines += extra
     lines += ["", f"Hardware: {hardware(args.threads)}; {time.perf_counter() - t0:.0f} s.", "",
               f"Command: `python benchmarks/ct_prior_curve.py {shlex.join(sys.argv[1:])}`"]

@@ -115,3 +115,28 @@ def test_klip_detects_and_multiscale_run_tiny(tmp_path):
                 "A local shift", "Design search"):
         assert row in text, row
     assert len(list((ms / "traces").glob("*.safetensors"))) == 6
+
+
+def test_ct_prior_curve_runs_tiny(tmp_path):
+    """benchmarks/ct_prior_curve.py on a bundled prior and a run snapshot (tiny sizes): MSE rows, the clean-image
+    detector table with the liver reference, the JSON beside the table."""
+    import json
+
+    import torch
+
+    from priorshift.diffusion.patch_unet import PatchUNetConfig
+    from priorshift.diffusion.training import TrainConfig, train
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(name="p", steps=2, batch_size=2, backbone="patch-unet", checkpoint_every=1,
+                      network=PatchUNetConfig(image_size=64, widths=(8, 16), embedding_dim=16))
+    assert train(cfg, lambda step, b: torch.zeros(b, 1, 64, 64) - 1, run, progress=False, stop_at=1) is None
+    out = tmp_path / "curve.md"
+    r = _run("benchmarks/ct_prior_curve.py", "--priors", "phantom-ct-64", str(run), "--detect", f"phantom-ct-64,{run}",
+             "--at-size", "96", "--n", "4", "--n-detect", "4", "--fit-n", "0", "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    assert "| `phantom-ct-64` | unet | 216,000 |" in text and "| `run` | patch-unet | 2 |" in text
+    assert "reference: liver-aware local contrast" in text and "at 96 × 96" in text
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert {r["label"] for r in rows} == {"phantom-ct-64", "run"} and all("clean_auroc" in r for r in rows)
