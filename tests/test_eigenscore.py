@@ -11,28 +11,15 @@ import math
 import pytest
 import torch
 
-from priorshift.analytic import stationary_gaussian
 from priorshift.detectors import EigenScore, EigenScoreTrace, NotFittedError
 from priorshift.detectors.eigenscore import DEFAULT_SIGMAS, ddpm_sigma
 from priorshift.diffusion import CountingDenoiser
-
-F64 = torch.float64
+from eigen_helpers import F64, images, posterior_cov, smooth_prior
 
 
 @pytest.fixture(scope="module")
 def prior():
-    # 8×8, smooth: top posterior eigenvalues distinct enough for subspace iteration (λ4/λ3 ≈ 0.98 at σ = 0.3,
-    # 0.88 at σ = 1, 0.75 at σ = 3), with an exactly degenerate pair λ2 = λ3 (x- and y-gradient modes).
-    return stationary_gaussian(8, length_scale=1.5, variance=0.25)
-
-
-def _images(prior, n, seed):
-    return prior.sample(n, torch.Generator().manual_seed(seed))
-
-
-def _cov(prior, sigma):
-    x = torch.zeros(1, *prior.shape, dtype=F64)
-    return prior.posterior_covariance(x, torch.tensor([sigma], dtype=F64))[0]
+    return smooth_prior()
 
 
 def test_default_sigmas_are_the_papers_ddpm_levels():
@@ -44,7 +31,7 @@ def test_default_sigmas_are_the_papers_ddpm_levels():
 def test_top_k_eigenvalues_match_the_analytic_posterior_covariance(prior):
     sigmas = (0.3, 1.0, 3.0)
     det = EigenScore(prior, sigmas=sigmas, k=3, iters=2000, tol=1e-4, repetitions=2, redraws=0)
-    x = _images(prior, 2, seed=0)
+    x = images(prior, 2, seed=0)
     spec = det.eigenvalues(x, seed=[11, 12])
     assert spec.eigenvalues.shape == (2, 3, 3) and spec.eigenvalues.dtype == F64
     assert spec.all_converged, spec.iterations
@@ -58,7 +45,7 @@ def test_top_k_eigenvalues_match_the_analytic_posterior_covariance(prior):
 
 
 def test_convergence_flag_and_one_batched_call_per_iteration(prior):
-    x = _images(prior, 2, seed=4)
+    x = images(prior, 2, seed=4)
     K, T, I = 3, 2, 2
     few = EigenScore(prior, sigmas=(1.0, 3.0), k=K, iters=2, tol=1e-6, repetitions=I, redraws=1)
     prior_counter = CountingDenoiser(prior)
@@ -81,7 +68,7 @@ def test_redraws_do_not_depend_on_the_batch(prior):
     # Iterations too few for some random starts only: some rows are redrawn, others not; each image's
     # result must still depend on its own seed alone.
     det = EigenScore(prior, sigmas=(3.0,), k=1, iters=20, tol=1e-3, repetitions=4, redraws=2)
-    x = _images(prior, 3, seed=5)
+    x = images(prior, 3, seed=5)
     together = det.eigenvalues(x, seed=[20, 21, 22])
     assert bool((together.attempts > 1).any()) and bool((together.attempts == 1).any())
     for b in range(3):
@@ -92,7 +79,7 @@ def test_redraws_do_not_depend_on_the_batch(prior):
 
 def test_median_aggregates_over_repetitions(prior):
     det = EigenScore(prior, sigmas=(1.0,), k=2, iters=3, tol=0.0, repetitions=4, redraws=0, aggregate="median")
-    spec = det.eigenvalues(_images(prior, 1, seed=6), seed=[0])
+    spec = det.eigenvalues(images(prior, 1, seed=6), seed=[0])
     torch.testing.assert_close(spec.eigenvalues, spec.per_repetition.quantile(0.5, dim=2))
 
 
@@ -131,9 +118,9 @@ def test_trace_hutchinson_matches_the_analytic_trace(prior, sigma):
     # mean has standard error sqrt(var/n); |error| < 4 SE fails by chance with probability ≈ 6e-5.
     B, I, P = 4, 5, 40
     det = EigenScoreTrace(prior, sigmas=(sigma,), probes=P, repetitions=I)
-    tr = det.trace(_images(prior, B, seed=8), seed=list(range(B)))
+    tr = det.trace(images(prior, B, seed=8), seed=list(range(B)))
     assert tr.trace.shape == (B, 1) and tr.nfe == B * I * 2 * P
-    C = _cov(prior, sigma)
+    C = posterior_cov(prior, sigma)
     exact = float(C.trace())
     se = math.sqrt(2 * (float((C**2).sum()) - float((C.diagonal() ** 2).sum())) / (B * I * P))
     assert se < 0.02 * exact, "the tolerance must be tight enough to catch a wrong estimator"
@@ -145,9 +132,9 @@ def test_trace_mse_matches_the_analytic_trace(prior):
     # B·I independent draws → SE = sqrt(2‖C‖_F² / (B·I)); 4 SE as above.
     sigma, B, I = 1.0, 50, 4
     det = EigenScoreTrace(prior, sigmas=(sigma,), estimator="mse", repetitions=I)
-    tr = det.trace(_images(prior, B, seed=9), seed=100)
+    tr = det.trace(images(prior, B, seed=9), seed=100)
     assert tr.nfe == B * I
-    C = _cov(prior, sigma)
+    C = posterior_cov(prior, sigma)
     exact = float(C.trace())
     se = math.sqrt(2 * float((C**2).sum()) / (B * I))
     assert se < 0.05 * exact
@@ -184,7 +171,7 @@ def test_bad_parameters_raise_trace_and_operator(prior):
     with pytest.raises(ValueError, match="operator"):
         EigenScore(prior, object())
     with pytest.raises(ValueError, match="pixels"):
-        EigenScore(prior, k=65, sigmas=(1.0,)).eigenvalues(_images(prior, 1, seed=0))
+        EigenScore(prior, k=65, sigmas=(1.0,)).eigenvalues(images(prior, 1, seed=0))
 
 
 def test_sigmas_are_clamped_to_the_prior_range(prior):

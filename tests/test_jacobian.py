@@ -9,38 +9,27 @@ differences are exact (up to rounding) and ``σ² J_D = (Σ⁻¹ + σ⁻²I)⁻�
 import pytest
 import torch
 
-from priorshift.analytic import stationary_gaussian
 from priorshift.diffusion.jacobian import subspace_iteration
-
-F64 = torch.float64
+from eigen_helpers import F64, images, posterior_cov, smooth_prior
 
 
 @pytest.fixture(scope="module")
 def prior():
-    return stationary_gaussian(8, length_scale=1.5, variance=0.25)
-
-
-def _images(prior, n, seed):
-    return prior.sample(n, torch.Generator().manual_seed(seed))
-
-
-def _cov(prior, sigma):
-    x = torch.zeros(1, *prior.shape, dtype=F64)
-    return prior.posterior_covariance(x, torch.tensor([sigma], dtype=F64))[0]
+    return smooth_prior()
 
 
 def test_k1_is_plain_power_iteration(prior):
     # Reference: v ← C v / ‖C v‖, λ = ‖C v‖ (C = σ² J exactly), stopped after a few iterations — before it has
     # converged, so the comparison checks the iteration itself, not only its fixed point.
     sigmas = torch.tensor([1.0, 0.5], dtype=F64)
-    x = _images(prior, 2, seed=1) + sigmas.reshape(-1, 1, 1, 1) * torch.randn(2, *prior.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    x = images(prior, 2, seed=1) + sigmas.reshape(-1, 1, 1, 1) * torch.randn(2, *prior.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
     v0 = torch.randn(2, 1, *prior.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
     n_iter = 5
     res = subspace_iteration(prior, x, sigmas, v0, iters=n_iter, c=0.1, tol=0.0)
     assert res.iterations.tolist() == [n_iter, n_iter] and not bool(res.converged.any())
     assert res.nfe == 2 * 2 * n_iter  # 2K = 2 perturbed inputs per row per iteration
     for b in range(2):
-        C = _cov(prior, float(sigmas[b]))
+        C = posterior_cov(prior, float(sigmas[b]))
         v = v0[b, 0].flatten() / v0[b, 0].norm()
         for _ in range(n_iter):
             last_v, a = v, C @ v
@@ -60,7 +49,7 @@ def test_convergence_test_tolerates_a_slightly_non_symmetric_jacobian(prior):
     # Subspace iteration still converges to J's dominant invariant subspace, and the convergence test (the
     # part of J V outside span(V)) must see that, although the full Ritz residual stays at the asymmetry level.
     sigma = 1.0
-    S = _cov(prior, sigma) / sigma**2
+    S = posterior_cov(prior, sigma) / sigma**2
     R = torch.randn(64, 64, generator=torch.Generator().manual_seed(13), dtype=F64)
     N = R - R.T
     N *= 0.05 * float(torch.linalg.matrix_norm(S, 2)) / float(torch.linalg.matrix_norm(N, 2))
