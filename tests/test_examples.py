@@ -137,6 +137,6 @@ def test_ct_prior_curve_runs_tiny(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     text = out.read_text()
     assert "| `phantom-ct-64` | unet | 216,000 |" in text and "| `run` | patch-unet | 2 |" in text
-    assert "reference: liver-aware local contrast" in text and "at 96 × 96" in text
+    assert "reference: liver-aware local contrast" in text and "trivial baseline: image energy" in text and "at 96 × 96" in text
     rows = json.loads(out.with_suffix(".json").read_text())
     assert {r["label"] for r in rows} == {"phantom-ct-64", "run"} and all("clean_auroc" in r for r in rows)
