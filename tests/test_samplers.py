@@ -287,8 +287,8 @@ def test_ddpm_schedule_and_official_weight(gauss8):
     w = ddpm_step_weights(D, sigmas)
     assert torch.allclose(w, (betas[t] / ac[t]).sqrt(), rtol=1e-12)
     assert torch.allclose(ddpm_step_weights(VPDenoiser(D.model, ac), sigmas), w, rtol=1e-9)
-    with pytest.raises(ValueError, match="DDPM prior"):
-        SamplingPlan("dps", steps=20, schedule="ddpm").sigmas(gauss8)
+    with pytest.raises(ValueError, match="DDPM prior"):  # neither timesteps nor a noise range (gauss8 has one: the linear grid)
+        SamplingPlan("dps", steps=20, schedule="ddpm").sigmas(lambda x, sigma: x)
     with pytest.raises(ValueError, match="sigma_min and sigma_max unset"):
         SamplingPlan("dps", steps=20, schedule="ddpm", sigma_min=0.1)
     with pytest.raises(ValueError, match="betas has shape"):

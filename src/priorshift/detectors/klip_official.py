@@ -5,7 +5,12 @@ backend (``pipeline/samplers/ddpm_torch.py``, scored by ``pipeline/scoring/aggre
 
 * sampler: DPS without the network Jacobian, step ``ζ/mean_s‖r_s‖`` with ‖r‖ averaged over the image's S samples,
   ζ = 0.3 (priorshift's default: ΠGDM without the Jacobian; DPS's own default divides by each sample's ‖r‖);
-* schedule: the DDPM prior's own timesteps with diffusers' leading spacing (default: Karras over the σ range);
+* schedule: the DDPM prior's own timesteps with diffusers' leading spacing (default: Karras over the σ range). A prior
+  without timesteps (the shipped EDM priors) gets the grid their code would run with diffusers' default scheduler:
+  linear β from 1e-4 to 0.02 over 1000 steps, ``σ_t = sqrt((1 − ᾱ_t)/ᾱ_t)``, the steps above the prior's ``sigma_max``
+  (σ_t > 80 for t ≥ 930: 7 of 100 steps, 1 of 20) moved to the largest in-range timesteps, one apart, each keeping
+  its own weight (:func:`priorshift.diffusion.schedules.linear_beta_sigmas`, ``schedule_for``). The window's
+  steps are theirs exactly; only the first few noise levels differ;
 * prior step: DDPM's ancestral step taken after the measurement step, from ``x̂0 + Δx_l`` clipped to [-1, 1]
   (diffusers' ``clip_sample``; default: from ``x̂0``, unclipped — the same step when nothing is clipped);
 * x_T: N(0, I) in VP coordinates, ``sqrt(1 + σ_0²)·n`` in VE ones (default ``σ_0·n``);

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["schedule_for", "SCHEDULES", "karras_sigmas", "ve_sigmas", "vp_sigmas", "ddpm_sigmas", "sigmas_from_alphas_cumprod", "ve_g",
-           "ddpm_grid", "ddpm_step_weights"]
+           "ddpm_grid", "ddpm_step_weights", "linear_beta_sigmas"]
 
 
 def _check(n: int, sigma_min: float, sigma_max: float) -> None:
@@ -82,16 +82,50 @@ def _ddpm_steps(sig: Tensor, n: int, spacing: str) -> tuple[Tensor, Tensor]:
     return _append_zero(sig[steps]), steps
 
 
+def linear_beta_sigmas(beta_start: float = 1e-4, beta_end: float = 0.02, T: int = 1000) -> Tensor:
+    """The VE noise levels ``σ_t = sqrt((1 - ᾱ_t) / ᾱ_t)``, ``ᾱ_t = Π_{s ≤ t} (1 - β_s)``, of DDPM's linear β
+    schedule (Ho et al. 2020: β from ``beta_start`` to ``beta_end`` over ``T`` timesteps; the defaults are diffusers'
+    ``DDPMScheduler()``), ascending ``(T,)`` float64: σ_0 = 0.0100, σ_929 = 79.5, σ_999 = 157.4 at the defaults."""
+    if not (0 < beta_start <= beta_end < 1) or int(T) < 1:
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1 and T >= 1, got {beta_start}, {beta_end}, {T}")
+    betas = torch.linspace(beta_start, beta_end, int(T), dtype=torch.float64)
+    return sigmas_from_alphas_cumprod(torch.cumprod(1 - betas, 0))
+
+
+def _has_timesteps(prior) -> bool:
+    sig = getattr(prior, "sigmas", None)
+    return isinstance(sig, Tensor) and sig.ndim == 1 and hasattr(prior, "sigma_to_t")
+
+
 def ddpm_grid(prior) -> Tensor:
     """The VE noise level of each training timestep ``t = 0 … T-1`` of a DDPM prior (a
     :class:`~priorshift.diffusion.VPDenoiser`, e.g. from :func:`~priorshift.diffusion.from_diffusers`), ascending,
-    float64, in the library's [-1, 1] units. A ``ValueError`` for a prior without a timestep grid."""
-    sig = getattr(prior, "sigmas", None)
-    if not (isinstance(sig, Tensor) and sig.ndim == 1 and hasattr(prior, "sigma_to_t")):
-        raise ValueError(f"the DDPM schedule and weight need a DDPM prior with a timestep grid (priorshift.diffusion.from_diffusers "
-                         f"or VPDenoiser), got {type(getattr(prior, 'denoiser', prior)).__name__}")
-    lo, hi = getattr(prior, "data_range", (-1.0, 1.0))
-    return sig.to(torch.float64) / ((hi - lo) / 2)
+    float64, in the library's [-1, 1] units. A prior without a timestep grid but with a σ range (``sigma_min``,
+    ``sigma_max``: an EDM prior, an analytic one) gets diffusers' default DDPM grid, :func:`linear_beta_sigmas`
+    (:func:`schedule_for` keeps the steps inside its range). A ``ValueError`` for a prior with neither."""
+    if _has_timesteps(prior):
+        lo, hi = getattr(prior, "data_range", (-1.0, 1.0))
+        return prior.sigmas.to(torch.float64) / ((hi - lo) / 2)
+    if hasattr(prior, "sigma_min") and hasattr(prior, "sigma_max"):
+        return linear_beta_sigmas()
+    raise ValueError(f"the DDPM schedule and weight need a DDPM prior with a timestep grid (priorshift.diffusion.from_diffusers "
+                     f"or VPDenoiser) or a prior with a noise range (sigma_min, sigma_max), got {type(getattr(prior, 'denoiser', prior)).__name__}")
+
+
+def _ddpm_steps_within(grid: Tensor, n: int, lo: float, hi: float) -> Tensor:
+    """The leading-spaced steps of ``grid`` kept inside ``[lo, hi]``: a step whose timestep's σ lies above ``hi``
+    (below ``lo``) takes the largest (smallest) in-range timesteps instead, one apart, so the schedule keeps ``n``
+    strictly decreasing steps, each a grid timestep with its own DDPM weight. E.g. an EDM prior (σ ≤ 80) on the
+    linear grid: at 100 steps t = 990, …, 930 (σ 143.8 … 80.3) become 929, …, 923 (σ 79.5 … 75.2); at 50 steps
+    980, 960, 940 become 929, 928, 927; at 20 steps 950 becomes 929."""
+    inside = ((grid >= lo * (1 - 1e-9)) & (grid <= hi * (1 + 1e-9))).nonzero().flatten()
+    if inside.numel() < n:
+        raise ValueError(f"the prior's noise range [{lo:g}, {hi:g}] holds {inside.numel()} DDPM timesteps, fewer than steps={n}")
+    t_lo, t_hi = int(inside[0]), int(inside[-1])
+    t = _ddpm_steps(grid, n, "leading")[1]
+    k = torch.arange(n)
+    t = torch.maximum(torch.minimum(t, t_hi - k), t_lo + (n - 1 - k))
+    return _append_zero(grid[t])
 
 
 def ddpm_step_weights(prior, sigmas) -> Tensor:
@@ -126,7 +160,9 @@ DEFAULT_SIGMA_RANGE = (0.002, 80.0)
 def schedule_for(prior, steps: int, schedule: str = "karras", sigma_min: float | None = None, sigma_max: float | None = None) -> Tensor:
     """The ``(steps + 1,)`` schedule for sampling ``prior``: ``"karras"`` (ρ = 7), ``"ve"`` (geometric) or
     ``"ddpm"`` (the DDPM prior's own timesteps with diffusers' leading spacing, ``(T // steps)·[steps-1, …, 0]``,
-    as ``DDPMScheduler.set_timesteps``; :func:`ddpm_grid`; no ``sigma_min``/``sigma_max``).
+    as ``DDPMScheduler.set_timesteps``; :func:`ddpm_grid`; no ``sigma_min``/``sigma_max``; on a prior without
+    timesteps, an EDM one, the same steps of diffusers' default linear-β grid kept inside the prior's own
+    ``[sigma_min, sigma_max]`` by :func:`_ddpm_steps_within`).
 
     The one place where σ is clamped to the prior's own range: unless given, ``sigma_min`` is
     ``max(prior.sigma_min, 0.002)`` and ``sigma_max`` is ``min(prior.sigma_max, 80)`` (a denoiser is only
@@ -135,7 +171,10 @@ def schedule_for(prior, steps: int, schedule: str = "karras", sigma_min: float |
     if schedule == "ddpm":
         if sigma_min is not None or sigma_max is not None:
             raise ValueError("schedule 'ddpm' takes its noise levels from the prior's timesteps; leave sigma_min and sigma_max unset")
-        return _ddpm_steps(ddpm_grid(prior), int(steps), "leading")[0]
+        grid = ddpm_grid(prior)
+        if _has_timesteps(prior):
+            return _ddpm_steps(grid, int(steps), "leading")[0]
+        return _ddpm_steps_within(grid, int(steps), float(prior.sigma_min), float(prior.sigma_max))
     lo_default, hi_default = DEFAULT_SIGMA_RANGE
     lo = max(float(getattr(prior, "sigma_min", lo_default)), lo_default) if sigma_min is None else float(sigma_min)
     hi = min(float(getattr(prior, "sigma_max", hi_default)), hi_default) if sigma_max is None else float(sigma_max)
