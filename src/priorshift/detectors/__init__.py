@@ -15,6 +15,7 @@ from priorshift.detectors.eigenscore_trace import EigenScoreTrace
 from priorshift.detectors.klip import KLIP, KLIPAccumulator, aggregate_step_maps
 from priorshift.detectors.klip_multiscale import KLIPMultiscale
 from priorshift.detectors.lmd import LMD
+from priorshift.detectors.local_residual import LocalResidual
 from priorshift.detectors.measurement_kl import KLEstimate, MeasurementKL, MeasurementKLScore
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "aggregate_step_maps",
     "KLIPMultiscale",
     "LMD",
+    "LocalResidual",
     "MeasurementKL",
     "MeasurementKLScore",
     "KLEstimate",
