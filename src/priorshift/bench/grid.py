@@ -12,6 +12,10 @@ measurement domains (operator specs or tasks) and the rows::
     id  = { dataset = "fashion-mnist", split = "test", start = 0 }
     ood = { dataset = "mnist", split = "test", start = 0 }
     fit = { dataset = "fashion-mnist", split = "test", start = 5000 }
+    # optional on any entry: shift = "jigsaw:tile=8" (a structure-only shift, priorshift.data.shifts, seeded per
+    # image by its dataset index); match_energy = { dataset = ..., split = ..., start = ..., n = 256 } (the entry's
+    # images energy-matched to that reference set under each domain's operator — identity for "images" —
+    # with priorshift.data.match_energy, before measuring)
     [domains]
     identity = "identity:noise=0.02"        # an operator spec (priorshift.operators.spec)
     fmnist-inpaint = "task:fmnist-inpaint"  # a task's operator (priorshift.tasks)
@@ -52,6 +56,8 @@ __all__ = ["load_config", "run_grid", "row_key"]
 
 SEEDS = {"id": 10_000, "ood": 20_000, "fit": 30_000}
 SCORE_SEEDS = {"id": 60_000, "ood": 70_000, "fit": 50_000}
+SHIFT_SEED, MATCH_SEED = 80_000, 90_000
+ALPHA = 0.05  # the level of the power column
 
 
 def load_config(path: str | Path) -> dict:
@@ -84,6 +90,7 @@ def load_config(path: str | Path) -> dict:
             raise ValueError(f"start of {where} must be an integer >= 0, got {start!r}")
         if not isinstance(entry.get("split", "test"), str):
             raise ValueError(f"split of {where} must be a string (train or test), got {entry['split']!r}")
+        _check_transforms(entry, where)
     domains = cfg.get("domains", {})
     from priorshift.registry import names
 
@@ -128,6 +135,20 @@ def _check_types(cfg: dict, path: Path) -> None:
             raise ValueError(f"{key} in bench config {path} must be {text}, got {cfg[key]!r}")
 
 
+def _check_transforms(entry: dict, where: str) -> None:
+    """A data entry's optional ``shift`` (a structure-only shift spec) and ``match_energy`` (a reference set)."""
+    from priorshift.data.shifts import SHIFTS
+
+    shift = entry.get("shift")
+    if shift is not None and (not isinstance(shift, str) or shift.partition(":")[0] not in SHIFTS):
+        raise ValueError(f"shift of {where} must be a shift spec NAME[:key=value,...] with NAME one of {', '.join(SHIFTS)}, got {shift!r}")
+    ref = entry.get("match_energy")
+    if ref is not None:
+        n = ref.get("n") if isinstance(ref, dict) else None
+        if not isinstance(ref, dict) or not isinstance(ref.get("dataset"), str) or isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"match_energy of {where} must be a reference set {{ dataset = ..., split = ..., start = ..., n = >= 2 }}, got {ref!r}")
+
+
 def _chosen_by(row: dict, domains: dict) -> str:
     """How a row's settings were chosen, when the row does not say: the library's defaults, a task's settings, and/or
     the parameters the config sets."""
@@ -160,7 +181,12 @@ def _images(entry: dict, n: int, image_size: int):
     x = load_dataset(entry["dataset"], split=entry.get("split", "test"), n=start + n, image_size=image_size)
     if x.shape[0] < start + n:
         raise ValueError(f"dataset {entry['dataset']!r} has {x.shape[0]} images; the config asks for {n} from index {start}")
-    return x[start : start + n]
+    x = x[start : start + n]
+    if entry.get("shift"):
+        from priorshift.data.shifts import apply_shift
+
+        x = apply_shift(x, entry["shift"], seed=[SHIFT_SEED + start + i for i in range(n)])
+    return x
 
 
 def _domain_task(cfg: dict, domain: str):
@@ -211,6 +237,7 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached
     rows already cached and list the others as not run."""
     from priorshift import load_prior
     from priorshift.bench.report import comparison_report
+    from priorshift.calibrate import conformal_pvalues
     from priorshift.detectors import score_batches
     from priorshift.metrics import auroc_standard_error, ood_metrics
 
@@ -224,14 +251,28 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached
         images["fit"] = _images(cfg["data"]["fit"], n_fit, size)
     operators = {name: _operator(spec, size) for name, spec in cfg.get("domains", {}).items()}
     measured: dict = {}
+    references = {which: _images(cfg["data"][which]["match_energy"], cfg["data"][which]["match_energy"]["n"], size)
+                  for which in images if cfg["data"][which].get("match_energy")}
+
+    def matched(domain: str, which: str):
+        """The set's images, energy-matched under the domain's operator where its entry asks for it."""
+        if which not in references:
+            return images[which]
+        if ("matched", domain, which) not in measured:
+            from priorshift.data.shifts import match_energy
+            from priorshift.operators.spec import operator_from_spec
+
+            op = operator_from_spec("identity", size) if domain == "images" else operators[domain]
+            measured["matched", domain, which] = match_energy(images[which], references[which], operator=op, seed=MATCH_SEED)
+        return measured["matched", domain, which]
 
     def data(domain: str, which: str):
         if which not in images:
             raise ValueError(f"a fitted detector needs calibration data: add [data] fit = {{ ... }} to {cfg['_path']}")
         if domain == "images":
-            return images[which]
+            return matched(domain, which)
         if (domain, which) not in measured:
-            x = images[which]
+            x = matched(domain, which)
             measured[domain, which] = operators[domain](x, seed=list(range(SEEDS[which], SEEDS[which] + x.shape[0])))
         return measured[domain, which]
 
@@ -281,7 +322,9 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached
     for key, r in results.items():
         m = ood_metrics(r["scores_id"], r["scores_ood"])
         se = auroc_standard_error(m["auroc"], m["n_id"], m["n_ood"])
-        summary[key] = {"detector": r["detector"], "domain": r["domain"], "label": r.get("label", ""), **m, "auroc_se": se,
+        # conformal p-values of the OOD scores with the row's n ID scores as the calibration set (priorshift.calibrate)
+        power = float((conformal_pvalues(r["scores_id"], r["scores_ood"]) <= ALPHA).double().mean())
+        summary[key] = {"detector": r["detector"], "domain": r["domain"], "label": r.get("label", ""), **m, "auroc_se": se, "power_05": power,
                         "nfe_per_image": r["nfe_per_image"], "seconds_per_image": r["seconds_per_image"], "setting": r["setting"], "chosen": r["chosen"],
                         "distance": r.get("distance")}
         table.append(summary[key])
@@ -295,7 +338,7 @@ def run_grid(cfg: dict, out: str | Path, *, only: set[str] | None = None, cached
 
 
 def _write_csv(path: Path, table: list[dict]) -> None:
-    cols = ["detector", "domain", "label", "auroc", "auroc_se", "fpr95_ood_positive", "fpr95_id_positive", "aupr_in", "aupr_out",
+    cols = ["detector", "domain", "label", "auroc", "auroc_se", "power_05", "fpr95_ood_positive", "fpr95_id_positive", "aupr_in", "aupr_out",
             "n_id", "n_ood", "nfe_per_image", "seconds_per_image", "distance", "chosen", "setting"]
 
     def write(tmp):
@@ -313,12 +356,15 @@ def _markdown(cfg: dict, table: list[dict], missing: list[str] = (), out: Path |
     lines = [f"# {cfg['title']}", ""]
     if cfg.get("description"):
         lines += [cfg["description"], ""]
-    lines += ["| detector | domain | AUROC | FPR@95 (OOD+) | AUPR-in | AUPR-out | NFE / image | s / image | settings chosen by |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| detector | domain | AUROC | FPR@95 (OOD+) | power at α = {ALPHA} | AUPR-in | AUPR-out | NFE / image | s / image | settings chosen by |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in table:
         name = r["detector"] + (f" ({r['distance']})" if r.get("distance") else "") + (f" [{r['label']}]" if r.get("label") else "")
-        lines.append(f"| {name} | {r['domain']} | {r['auroc']:.3f} ± {r['auroc_se']:.3f} | {r['fpr95_ood_positive']:.3f} | {r['aupr_in']:.3f} | "
+        lines.append(f"| {name} | {r['domain']} | {r['auroc']:.3f} ± {r['auroc_se']:.3f} | {r['fpr95_ood_positive']:.3f} | {r['power_05']:.3f} | {r['aupr_in']:.3f} | "
                      f"{r['aupr_out']:.3f} | {r['nfe_per_image']:.0f} | {r['seconds_per_image']:.2f} | {r['chosen']} |")
+    n_id = table[0]["n_id"] if table else 0
+    lines += ["", f"Power at α = {ALPHA}: the fraction of OOD items with conformal p-value (1 + #{{ID scores ≥ s}}) / (n + 1) ≤ {ALPHA}, "
+              f"calibrated on the row's {n_id} ID scores (priorshift.calibrate.conformal_pvalues; smallest p 1/(n + 1))."]
     if missing:
         lines += ["", f"Not run (no cached scores): {', '.join(missing)}."]
     lines += ["", f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.", "",
