@@ -32,73 +32,20 @@ import time
 from pathlib import Path
 
 import torch
-from _common import emit, hardware, mse
-from safetensors.torch import load_file
+from _common import BLOCK, emit, hardware, liver_contrast, load_any, local_error_maps, mse
 from torch.nn import functional as F
 
-from priorshift import load_prior
 from priorshift.analytic import fit_gaussian
 from priorshift.data import PhantomCT, healthy_set, lesion_set, load_dataset
 from priorshift.detectors import DenoisingError
-from priorshift.diffusion.backbones import get_backbone
 from priorshift.metrics import auroc, auroc_standard_error
-from priorshift.rng import per_image_rng
 
 CURVE_SIGMAS = (0.05, 0.1, 0.2, 0.5, 1.0)
 PRIORS_PY_SEED = {0.05: 0, 0.1: 1, 0.2: 2, 0.5: 3, 1.0: 4}  # priors.py draws level i's noise from seed i
-LOCAL_SIGMAS, BLOCK = (0.05, 0.1, 0.2), 4
-SHIPPED_IMAGES = {"phantom-ct-64": 4500 * 48}
-
-
-def load_any(spec: str):
-    """``(denoiser, images seen, backbone, label)`` of a bundled prior, a checkpoint or a run snapshot directory."""
-    path = Path(spec)
-    if (path / "train_state.json").exists():
-        info = json.loads((path / "train_state.json").read_text())
-        cfg = info["config"]
-        backbone = get_backbone(cfg.get("backbone", "unet"))
-        net_cfg = backbone.from_dict(cfg[cfg.get("backbone", "unet")])
-        net = backbone.build(net_cfg)
-        state = load_file(str(path / "train_state.safetensors"))
-        net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
-        net.eval().requires_grad_(False)
-        den = backbone.whole_image_denoiser(net, net_cfg, sigma_data=cfg.get("sigma_data", 0.5))
-        init = (info.get("init") or {}).get("prior")
-        seen = int(info["step"]) * int(cfg["batch_size"]) + SHIPPED_IMAGES.get(init, 0)
-        return den, seen, cfg.get("backbone", "unet"), path.name
-    den = load_prior(spec)
-    training, init = den.config.get("training") or {}, (den.config.get("init") or {}).get("prior")
-    seen = SHIPPED_IMAGES.get(spec, training.get("steps", 0) * training.get("batch_size", 0) + SHIPPED_IMAGES.get(init, 0))
-    return den, seen, den.config.get("architecture", "unet"), Path(spec).stem
-
-
-def local_error_maps(den, x: torch.Tensor, seed0: int) -> torch.Tensor:
-    """(B, H/BLOCK, W/BLOCK) block means of the per-pixel denoising error averaged over LOCAL_SIGMAS."""
-    b = x.shape[0]
-    rng = per_image_rng(list(range(seed0, seed0 + b)), b, x.device)
-    z = rng.randn((len(LOCAL_SIGMAS), *x.shape[1:]), dtype=x.dtype)  # (B, K, C, H, W)
-    err = 0
-    with torch.no_grad():
-        for k, s in enumerate(LOCAL_SIGMAS):
-            err = err + (den(x + s * z[:, k], torch.full((b,), s)) - x).pow(2).mean(1)
-    return F.avg_pool2d(err[:, None] / len(LOCAL_SIGMAS), BLOCK)[:, 0]
 
 
 def block_body(body: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(body[:, None].float(), BLOCK)[:, 0] > 0
-
-
-def liver_contrast(images: torch.Tensor, livers: torch.Tensor) -> torch.Tensor:
-    """Reference (given the liver mask): −min over the liver (eroded by 1 px) of the liver-only 3 × 3 mean minus
-    the liver-only 11 × 11 mean (means over liver pixels, so organ edges do not enter)."""
-    x, m = images[:, :1], livers[:, None].float()
-
-    def liver_mean(k):
-        return F.avg_pool2d(x * m, k, 1, k // 2) / F.avg_pool2d(m, k, 1, k // 2).clamp_min(1e-6)
-
-    inner = -F.max_pool2d(-m, 3, 1, 1) > 0  # the liver eroded by one pixel
-    local = liver_mean(3) - liver_mean(11)
-    return -torch.where(inner, local, torch.full_like(local, float("inf"))).flatten(1).min(1).values
 
 
 def detect_rows(den, n: int, contrast: float) -> dict[str, tuple[float, float]]:

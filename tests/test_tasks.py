@@ -57,5 +57,17 @@ def test_plan_under_and_detector_settings():
     assert blur.detector_settings("klip-multiscale") == plan
     for other in ("measurement-norm", "residual", "denoising-error", "lmd", "eigenscore"):
         assert blur.detector_settings(other) == {}, other
+    assert ct.detector_settings("local-residual") == {"foreground": -0.9}, "a task's own settings for an image detector"
+    assert blur.detector_settings("local-residual") == {}
+    from priorshift import tasks
+
+    det = tasks.make_detector("local-residual", get_prior_stub(), task="ct", params={"window": 3})
+    assert (det.foreground, det.window) == (-0.9, 3)
     assert blur.settings_under("klip", {"block": 4, "plan": {"steps": 7}}) == {
         "plan": {"sampler": "pigdm", "steps": 7}, "samples": 2, "window": (0.35, 0.45), "block": 4}
+
+
+def get_prior_stub():
+    from priorshift.analytic import stationary_gaussian
+
+    return stationary_gaussian(8)

@@ -37,7 +37,8 @@ PLAN_FIELDS = ("sampler", "steps", "schedule", "sigma_min", "sigma_max")
 class Task:
     """``prior`` (a bundled name), ``operator`` (a registered name) with ``operator_params``, the sampling
     ``plan`` (:class:`priorshift.samplers.SamplingPlan` fields), KLIP's ``samples`` and its tuned settings per
-    objective: ``klip_settings["dataset"]`` (AUROC of the image score) and ``["image"]`` (block AUROC of the map)."""
+    objective: ``klip_settings["dataset"]`` (AUROC of the image score) and ``["image"]`` (block AUROC of the map);
+    ``detector_params``: further settings per registered detector name (e.g. the tissue rule of ``local-residual``)."""
 
     name: str
     description: str
@@ -49,6 +50,7 @@ class Task:
     klip_settings: Mapping[str, Mapping[str, Any]]
     base_block: int
     extra: Mapping[str, Any] = field(default_factory=dict)
+    detector_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def make_operator(self, **overrides):
         """The task's forward operator (``overrides`` replace its parameters, e.g. ``noise_std``)."""
@@ -88,15 +90,16 @@ class Task:
     def detector_settings(self, detector: str, *, objective: str = "dataset") -> dict:
         """This task's settings for the registered detector ``detector``, as its keyword parameters: the task's
         sampling plan and posterior sample count to every measurement detector that takes them (KLIP, multiscale
-        KLIP), and to KLIP its window and block tuned for ``objective``. Other detectors take none of them; an
+        KLIP), and to KLIP its window and block tuned for ``objective``; to any detector its ``detector_params``. An
         image detector scoring measurements reconstructs with the task's plan (:func:`make_detector`)."""
         from priorshift.registry import get
 
         cls = get("detector", detector)
+        own = dict(self.detector_params.get(detector, {}))
         if cls.input_kind != "measurements":
-            return {}
+            return own
         accepted = _keyword_params(cls)
-        out = {k: v for k, v in (("plan", dict(self.plan)), ("samples", self.samples)) if k in accepted}
+        out = {k: v for k, v in (("plan", dict(self.plan)), ("samples", self.samples)) if k in accepted} | own
         if detector == "klip":
             if objective not in self.klip_settings:
                 raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(self.klip_settings)}")
@@ -133,6 +136,7 @@ TASKS: dict[str, Task] = {
         klip_settings={"dataset": {"window": (0.40, 0.75), "block": 2}, "image": {"window": (0.30, 0.85), "block": 2}},
         base_block=2,
         extra={"lesion_contrast": -0.15, "dps_zeta": 0.1},
+        detector_params={"local-residual": {"foreground": -0.9}},  # its score comes from tissue, not air
     ),
     "fmnist-blur": Task(
         name="fmnist-blur",
