@@ -178,7 +178,7 @@ def run_sinogram(args, cache: Cache) -> list[dict]:
     lesion = lesion_set(n, 64, seed=31_000, contrast=args.contrast)
     tune_id = healthy_set(n, 64, seed=32_000)  # ID only: multiscale z-scores, the residual's and denoising-error's fits
     settings = task.detector_settings("klip")
-    klip_kwargs = {"plan": settings["plan"], "samples": settings["samples"]}
+    klip_kwargs = {"plan": {**settings["plan"], **({"steps": args.steps} if args.steps else {})}, "samples": settings["samples"]}
     task_setting = Setting(tuple(settings["window"]), settings["block"])
     fixed = {  # label -> (Setting, tissue-only image score)
         f"KLIP, ct task ({task_setting.label()})": (task_setting, False),
@@ -285,6 +285,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prior", default="phantom-ct-64", help="sinogram: the prior")
     ap.add_argument("--contrast", type=float, default=-0.15, help="sinogram: the lesions' contrast")
     ap.add_argument("--noise", default="0.05,0.1,0.25,0.5", help="sinogram: σ_y values (sinogram units)")
+    ap.add_argument("--steps", type=int, default=0, help="sinogram: sampler steps (default: the ct task's)")
     ap.add_argument("--n", type=int, default=64, help="images per class (clean) or pairs (sinogram)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)

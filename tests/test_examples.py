@@ -117,6 +117,28 @@ def test_klip_detects_and_multiscale_run_tiny(tmp_path):
     assert len(list((ms / "traces").glob("*.safetensors"))) == 6
 
 
+def test_ct_ceiling_runs_tiny(tmp_path):
+    """benchmarks/ct_ceiling.py, both parts at tiny sizes into one folder: the clean table with its reference rows,
+    the sinogram rows with their fraction of the clean ceiling, and a second run that reuses the cache."""
+    import json
+
+    out = tmp_path / "ceiling"
+    r = _run("benchmarks/ct_ceiling.py", "clean", "--priors", "phantom-ct-64", "--n", "3", "--contrasts=-0.3", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run("benchmarks/ct_ceiling.py", "sinogram", "--prior", "phantom-ct-64", "--n", "2", "--noise", "0.5", "--steps", "10",
+             "--contrast=-0.3", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = (out / "results.md").read_text()
+    assert "| phantom-ct-64 | 216,000 | local-residual (tissue > −0.9) |" in text and "given the true liver mask" in text
+    assert "local-residual on KLIP's reconstruction" in text and "trivial: FBP residual" in text
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["part"] for r in rows} == {"clean", "sinogram"}
+    assert all(r["auroc"] is not None for r in rows)
+    r = _run("benchmarks/ct_ceiling.py", "clean", "--priors", "phantom-ct-64", "--n", "3", "--contrasts=-0.3", "--out", str(out))
+    assert r.returncode == 0 and ": " not in r.stderr.replace("Warning: ", ""), "the second run recomputes nothing"
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == len(rows)
+
+
 def test_ct_prior_curve_runs_tiny(tmp_path):
     """benchmarks/ct_prior_curve.py on a bundled prior and a run snapshot (tiny sizes): MSE rows, the clean-image
     detector table with the liver reference, the JSON beside the table."""
