@@ -1,11 +1,14 @@
-"""Run every benchmark script in ``benchmarks/`` and write ``docs/benchmarks.md``: each table, the exact command,
+"""Run every benchmark script in ``benchmarks/`` and write ``docs/benchmarks-quick.md``: each table, the exact command,
 its wall time, the machine and the date.
 
     python benchmarks/run_all.py --quick                        # small n, few steps: a few minutes on 2 CPU cores
     python benchmarks/run_all.py                                # each script's own settings (hours on a CPU)
     python benchmarks/run_all.py --quick --only samplers,demo --out runs/benchmarks.md
+    python benchmarks/run_all.py --suite                        # the shift suite → benchmarks/results/suite/ + docs/benchmarks.md
+    python benchmarks/run_all.py --suite --quick                # the suite at CI size (8 + 8 images, 20 steps) → out/suite-quick.md
 
-Each benchmark runs in its own process from the repository root and writes its table into a temporary folder,
+Without ``--suite`` the page is ``docs/benchmarks-quick.md`` (``--quick``) — the suite's page, ``docs/benchmarks.md``,
+is written by ``--suite`` (``benchmarks/suite.py``). Each benchmark runs in its own process from the repository root and writes its table into a temporary folder,
 so ``benchmarks/results/`` (the full-size results) is never touched. ``--quick`` numbers show that every script runs
 and what it reports, at sizes too small to read accuracy from; the full-size tables are in ``benchmarks/results/``.
 Not run here: ``measurement_kl.py trained`` (it needs priors trained beyond the shipped ones) and, in quick mode, the
@@ -44,6 +47,7 @@ class Benchmark:
     threads: bool = True
     quick_mode: bool = True
     note: str = ""
+    table_name: str = "results.md"  # the table inside an "out-dir"
 
 
 _KLIP_QUICK = ("--n-tune", "4", "--n-eval", "4", "--steps", "10", "--samples", "1")
@@ -71,6 +75,8 @@ BENCHMARKS = [
     Benchmark("klip-official", "klip_official.py", quick=("--quick",), note="KLIP.official beside the tasks' defaults; full: 24 + 24, 50 steps, S = 2"),
     Benchmark("bench-ood-fmnist-mnist", "priorshift", ("bench", "benchmarks/configs/ood-fmnist-mnist.toml"), table="out-dir",
               threads=True, quick_mode=False, note="the detector grid of the README; no quick form"),
+    Benchmark("suite", "suite.py", ("run",), quick=("--quick",), table="out-dir", table_name="summary.md",
+              note="the shift suite's summary (benchmarks/suite.py); full size: `run_all.py --suite`"),
     Benchmark("demo", "priorshift", ("demo",), quick=("--quick",), table="out-dir", threads=False,
               note="`priorshift demo`, timed end to end (prior loading, sampling, figures, report)"),
 ]
@@ -106,7 +112,7 @@ def run_one(b: Benchmark, quick: bool, threads: int, tmp: Path, timeout: float |
         rc, stdout, stderr = None, e.stdout or "", f"timed out after {timeout:.0f} s"
         stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
     seconds = time.perf_counter() - t0
-    table_file = out / "results.md" if b.table == "out-dir" else out
+    table_file = out / b.table_name if b.table == "out-dir" else out
     table = (table_file.read_text() if rc == 0 and table_file.is_file() else "") or stdout
     return {"benchmark": b, "command": shown(argv, tmp), "seconds": seconds, "rc": rc, "table": table.replace(str(tmp), "$TMP"),
             "error": "" if rc == 0 else (stderr or stdout)[-2000:].replace(str(tmp), "$TMP")}
@@ -151,17 +157,27 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
                    help="torch threads per benchmark (default: $OMP_NUM_THREADS, else 2)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per benchmark before it is stopped (default: 900 with --quick, else none)")
-    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="the page to write, atomically (default: docs/benchmarks.md)")
+    p.add_argument("--suite", action="store_true", help="run the shift suite (benchmarks/suite.py) and write its page instead")
+    p.add_argument("--out", default=None, help="the page to write, atomically (default: docs/benchmarks-quick.md; with --suite "
+                   "docs/benchmarks.md, with --suite --quick out/suite-quick.md)")
     args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.suite:
+        page = args.out or str(ROOT / ("out/suite-quick.md" if args.quick else "docs/benchmarks.md"))
+        results = ROOT / ("out/suite-quick" if args.quick else "benchmarks/results/suite")
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "suite.py"), "run", *(["--quick"] if args.quick else []), *(["--only", args.only] if args.only else []),
+               "--threads", str(args.threads), "--out", str(results), "--page", page]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+        return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    args.out = args.out or str(ROOT / "docs" / "benchmarks-quick.md")
     selected = [b for b in BENCHMARKS if b.quick_mode or not args.quick]
-    if args.only:
+    if args.only:  # (with --suite, --only names suite cells instead)
         wanted = [w.strip() for w in args.only.split(",") if w.strip()]
         unknown = [w for w in wanted if w not in NAMES]
         if unknown:
             p.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(NAMES)}")
         selected = [b for b in BENCHMARKS if b.name in wanted]
-    if args.threads < 1:
-        p.error(f"--threads must be >= 1, got {args.threads}")
     timeout = args.timeout if args.timeout is not None else (900.0 if args.quick else None)
     sys.path.insert(0, str(ROOT / "src"))
     from priorshift.io import atomic_write

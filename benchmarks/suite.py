@@ -6,7 +6,7 @@ Each cell is a ``priorshift bench`` config, ``benchmarks/configs/suite-*.toml``,
 
     python benchmarks/suite.py configs                                      # (re)write benchmarks/configs/suite-*.toml
     python benchmarks/suite.py run --out benchmarks/results/suite --threads 1
-    python benchmarks/suite.py run --quick --out runs/suite-quick           # n = 8 + 8, 10 steps: CI-size, not accuracy
+    python benchmarks/suite.py run --quick --out out/suite-quick            # n = 8 + 8, 20 steps: CI-size, not accuracy
 
 Families: **energy-matched** dataset pairs (the OOD images rescaled by ``priorshift.data.match_energy`` so that
 ``‖A x‖²`` is distributed as on in-distribution images, under each domain's operator) beside the **raw** pair;
@@ -247,7 +247,41 @@ def render(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(names: list[str], out: Path, quick: bool, threads: int) -> int:
+def page_text(cells: list[dict], out: Path, summary_md: str, mode: str, cmd: str, threads: int) -> str:
+    """docs/benchmarks.md: how to regenerate, the summary, then every cell's full table."""
+    import datetime
+    import platform
+
+    import torch
+
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# Benchmarks: the shift suite", "",
+             "Benchmarks a statistic of the measurements' size cannot pass (issue 21): energy-matched dataset pairs beside the raw ones, "
+             "near-OOD held-out classes, structure-only shifts. Each cell is a `priorshift bench` config in `benchmarks/configs/suite-*.toml` "
+             "(written by `benchmarks/suite.py` from its `CELLS`); no setting is tuned on any cell's OOD set, and each row says how its "
+             "settings were chosen.", "",
+             "Regenerate:", "", "```bash",
+             "python benchmarks/run_all.py --suite                 # the full suite → benchmarks/results/suite/ and this page (~1 CPU-hour)",
+             "python benchmarks/run_all.py --suite --quick         # CI-size: 8 + 8 images, 20 steps (a few minutes; not accuracy)",
+             "python benchmarks/suite.py run --only suite-structure-jigsaw --out benchmarks/results/suite   # one cell (scores are cached per row)",
+             "priorshift bench benchmarks/configs/suite-fmnist-mnist-matched.toml --out OUT                  # one cell, through the CLI",
+             "```", "",
+             f"This page: mode {mode}; `{cmd}`, {when}; {platform.machine()}, {threads} thread(s), torch {torch.__version__}. "
+             "The quick pass over every other benchmark script is `python benchmarks/run_all.py --quick` (→ `docs/benchmarks-quick.md`).", "",
+             "## Summary", "",
+             "Per cell and measurement domain: the best detector that uses the prior and the best trivial baseline (no prior, 0 NFE; on "
+             "clean images, the identity domain's), by AUROC; the gap with SE sqrt(SE₁² + SE₂²) (conservative: paired items); the verdict "
+             "at 2 SE. The best of several rows is picked on the evaluation set, so read it as an upper estimate. Power: the fraction of "
+             "OOD items with conformal p-value ≤ 0.05, calibrated on the row's ID scores.", "", summary_md.strip(), ""]
+    for cell in cells:
+        table = (out / cell["name"] / "results.md").read_text(encoding="utf-8").strip().splitlines()
+        lines += [f"## {cell['name']}", "", f"Family: {cell['family']}. Config: `benchmarks/configs/{cell['name']}.toml`.", ""]
+        lines += ["#" * 2 + line if line.startswith("#") else line for line in table[1:]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(names: list[str], out: Path, quick: bool, threads: int, page: Path | None = None) -> int:
     import torch
 
     torch.set_num_threads(threads)
@@ -277,6 +311,9 @@ def run(names: list[str], out: Path, quick: bool, threads: int) -> int:
             "prior and the best trivial baseline (no prior, 0 NFE; on clean images: the identity domain's), the gap with SE "
             "sqrt(SE₁² + SE₂²) (conservative), and the verdict at 2 SE. Full tables: each cell's `results.md`.\n\n" + md)
     atomic_write(out / "summary.md", lambda p: Path(p).write_text(text, encoding="utf-8"))
+    if page is not None:
+        body = page_text(cells, out, md, mode, cmd, threads)
+        atomic_write(page, lambda p: Path(p).write_text(body, encoding="utf-8"))
     atomic_write_json(out / "summary.json", [{**r, "best": {k: r["best"][k] for k in ("detector", "label", "auroc", "auroc_se", "power_05", "nfe_per_image")},
                                               "trivial": r["trivial"] and {k: r["trivial"][k] for k in ("detector", "label", "domain", "auroc", "auroc_se")}}
                                              for r in table])
@@ -291,6 +328,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="8 + 8 images, 20 steps (CI-size)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 1))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "suite"))
+    p.add_argument("--page", default=None, help="also write the full page (summary + every cell's table), e.g. docs/benchmarks.md")
     args = p.parse_args(argv)
     if args.action == "configs":
         for path in write_configs():
@@ -302,7 +340,7 @@ def main(argv=None) -> int:
         p.error(f"unknown cell {', '.join(unknown)}; choose from {', '.join(NAMES)}")
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
-    return run(names, Path(args.out).resolve(), args.quick, args.threads)
+    return run(names, Path(args.out).resolve(), args.quick, args.threads, Path(args.page) if args.page else None)
 
 
 if __name__ == "__main__":
