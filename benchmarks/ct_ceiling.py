@@ -16,7 +16,8 @@ every image detector on healthy phantoms vs phantoms with one liver lesion, *ind
 
 **Sinogram** (``sinogram``): 20-view parallel-beam CT (the ``ct`` task's operator) at several σ_y, ``n`` pairs
 (``healthy_set(n, seed=31_000)`` and the *same* anatomies with a lesion, the same noise draw and sampler seeds:
-the paired statistic), KLIP with the ``ct`` task's plan (DPS, ζ 0.1, 50 steps, S = 2) and settings, with
+the paired statistic), KLIP with the ``ct`` task's plan (DPS, ζ 0.1, 50 steps, S = 2) and settings, and again with
+the library's default sampler, window and block (ΠGDM, 50 steps, S = 2), each with
 ``score="spread"`` over every block and over the blocks with tissue only (the reconstruction's, > −0.9 — no ground
 truth), multiscale KLIP (z-scored on ``healthy_set(n, seed=32_000)``, ID only), the whole-image KL, the trivial
 ‖y‖² and FBP residual (``residual``, fitted on the same ID tuning sinograms), and ``local-residual`` /
@@ -50,7 +51,7 @@ from torch.nn import functional as F
 
 from priorshift.bench.klip_eval import Setting, load_or_score, multiscale_scores
 from priorshift.data import PhantomCT, healthy_set, lesion_set
-from priorshift.detectors import Residual
+from priorshift.detectors import KLIP, Residual
 from priorshift.detectors.klip import image_score
 from priorshift.detectors.klip_multiscale import equal_windows
 from priorshift.io import atomic_write
@@ -178,14 +179,12 @@ def run_sinogram(args, cache: Cache) -> list[dict]:
     lesion = lesion_set(n, 64, seed=31_000, contrast=args.contrast)
     tune_id = healthy_set(n, 64, seed=32_000)  # ID only: multiscale z-scores, the residual's and denoising-error's fits
     settings = task.detector_settings("klip")
-    klip_kwargs = {"plan": {**settings["plan"], **({"steps": args.steps} if args.steps else {})}, "samples": settings["samples"]}
-    task_setting = Setting(tuple(settings["window"]), settings["block"])
-    fixed = {  # label -> (Setting, tissue-only image score)
-        f"KLIP, ct task ({task_setting.label()})": (task_setting, False),
-        "KLIP, ct task, spread-normalized": (Setting(task_setting.window, task_setting.block, score="spread"), False),
-        "KLIP, ct task, spread-normalized, tissue blocks only": (Setting(task_setting.window, task_setting.block, score="spread"), True),
-        "KLIP, full window, 8 px, spread-normalized": (Setting((0.0, 1.0), 8, score="spread"), False),
-        "KLIP, full window, 8 px, spread-normalized, tissue blocks only": (Setting((0.0, 1.0), 8, score="spread"), True),
+    steps = {"steps": args.steps} if args.steps else {}
+    default = KLIP(den, task.make_operator())
+    plans = {  # name -> (KLIP's sampler arguments, its window/block, what the window/block are)
+        "DPS": ({"plan": {**settings["plan"], **steps}, "samples": settings["samples"]}, Setting(tuple(settings["window"]), settings["block"]), "ct task"),
+        "ΠGDM": ({"plan": {"sampler": "pigdm", "steps": settings["plan"]["steps"], **steps}, "samples": settings["samples"]},
+                 Setting(tuple(default.window), default.block), "library default"),
     }
     rows = []
     for noise in args.noise:
@@ -193,32 +192,42 @@ def run_sinogram(args, cache: Cache) -> list[dict]:
         y = {"healthy": op(healthy.images, seed=[8_000 + i for i in range(n)]), "lesion": op(lesion.images, seed=[8_000 + i for i in range(n)]),
              "tune_id": op(tune_id.images, seed=[11_000 + i for i in range(n)])}
         signal = float(((op.A(lesion.images) - op.A(healthy.images)).flatten(1).norm(dim=1) / noise).median())
-        traces = {}
-        for name, yy in y.items():
-            key = json.dumps({"noise": noise, "set": name, "n": n, "contrast": args.contrast, "prior": args.prior, **klip_kwargs}, sort_keys=True)
-            traces[name] = load_or_score(cache.root / f"klip-{label}-noise{noise:g}-{name}-n{n}.safetensors", den, op, yy,
-                                         seed=[9_000 + i for i in range(n)], base_block=2, key=key, **klip_kwargs)
-        scores = {}  # label -> (healthy scores, lesion scores, (lesion maps, block) or None, NFE per image)
-        nfe_klip = traces["lesion"].nfe_per_image_full
-        for name, (setting, tissue) in fixed.items():
-            maps = {k: setting.maps(traces[k]) for k in ("healthy", "lesion")}
-            if tissue:
-                b = setting.block
-                maps = {k: torch.where(_tissue_blocks(traces[k].reconstruction, b), m, torch.zeros_like(m)) for k, m in maps.items()}
-            scores[name] = (image_score(maps["healthy"]), image_score(maps["lesion"]), (maps["lesion"], setting.block), setting.nfe_per_image(traces["lesion"]))
-        ms = multiscale_scores(traces["tune_id"], {"healthy": traces["healthy"], "lesion": traces["lesion"]}, windows=equal_windows(5), block=8, maps=True)
-        scores["KLIP multiscale (5 windows, 8 px; z-scored on ID tuning anatomies)"] = (ms["healthy"][0], ms["lesion"][0], (ms["lesion"][1], 8), nfe_klip)
-        scores["whole-image KL"] = (traces["healthy"].kl_nats, traces["lesion"].kl_nats, None, nfe_klip)
-        scores["trivial: ‖y‖²"] = (y["healthy"].flatten(1).pow(2).sum(1), y["lesion"].flatten(1).pow(2).sum(1), None, 0)
+        scores = {  # label -> (healthy scores, lesion scores, (lesion maps, block) or None, NFE per image)
+            "trivial: ‖y‖²": (y["healthy"].flatten(1).pow(2).sum(1), y["lesion"].flatten(1).pow(2).sum(1), None, 0)}
         res = Residual(den, op).fit(y["tune_id"])
         scores["trivial: FBP residual"] = (res.score(y["healthy"]).score, res.score(y["lesion"]).score, None, 0)
-        rec = {k: traces[k].reconstruction for k in traces}
-        lr = LocalResidual(den, foreground=FOREGROUND)
-        out = {k: lr.score(rec[k], seed=[50_000 + i for i in range(n)]) for k in ("healthy", "lesion")}
-        scores["local-residual on KLIP's reconstruction"] = (out["healthy"].score, out["lesion"].score, (out["lesion"].map, 1), nfe_klip + 12)
-        de = DenoisingError(den).fit(rec["tune_id"], seed=list(range(n)))
-        scores["denoising-error on KLIP's reconstruction"] = tuple(de.score(rec[k], seed=[60_000 + i for i in range(n)]).score for k in ("healthy", "lesion")) \
-            + (None, nfe_klip + 7)
+        for plan_name in args.plans:
+            klip_kwargs, setting, what = plans[plan_name]
+            traces = {}
+            for name, yy in y.items():
+                key = json.dumps({"noise": noise, "set": name, "n": n, "contrast": args.contrast, "prior": args.prior, **klip_kwargs}, sort_keys=True)
+                stem = f"klip-{label}-noise{noise:g}-{name}-n{n}" + ("" if plan_name == "DPS" else f"-{klip_kwargs['plan']['sampler']}")
+                traces[name] = load_or_score(cache.root / f"{stem}.safetensors", den, op, yy, seed=[9_000 + i for i in range(n)], base_block=2, key=key,
+                                             **klip_kwargs)
+            nfe_klip = traces["lesion"].nfe_per_image_full
+            fixed = {  # label -> (Setting, tissue-only image score)
+                f"KLIP {plan_name}, {what} ({setting.label()})": (setting, False),
+                f"KLIP {plan_name}, {what}, spread-normalized": (Setting(setting.window, setting.block, score="spread"), False),
+                f"KLIP {plan_name}, {what}, spread-normalized, tissue blocks only": (Setting(setting.window, setting.block, score="spread"), True),
+                f"KLIP {plan_name}, full window, 8 px, spread-normalized": (Setting((0.0, 1.0), 8, score="spread"), False),
+                f"KLIP {plan_name}, full window, 8 px, spread-normalized, tissue blocks only": (Setting((0.0, 1.0), 8, score="spread"), True),
+            }
+            for name, (st, tissue) in fixed.items():
+                maps = {k: st.maps(traces[k]) for k in ("healthy", "lesion")}
+                if tissue:
+                    maps = {k: torch.where(_tissue_blocks(traces[k].reconstruction, st.block), m, torch.zeros_like(m)) for k, m in maps.items()}
+                scores[name] = (image_score(maps["healthy"]), image_score(maps["lesion"]), (maps["lesion"], st.block), st.nfe_per_image(traces["lesion"]))
+            ms = multiscale_scores(traces["tune_id"], {"healthy": traces["healthy"], "lesion": traces["lesion"]}, windows=equal_windows(5), block=8, maps=True)
+            scores[f"KLIP {plan_name}, multiscale (5 windows, 8 px; z-scored on ID tuning anatomies)"] = (ms["healthy"][0], ms["lesion"][0], (ms["lesion"][1], 8),
+                                                                                                           nfe_klip)
+            scores[f"KLIP {plan_name}, whole-image KL"] = (traces["healthy"].kl_nats, traces["lesion"].kl_nats, None, nfe_klip)
+            rec = {k: traces[k].reconstruction for k in traces}
+            lr = LocalResidual(den, foreground=FOREGROUND)
+            out = {k: lr.score(rec[k], seed=[50_000 + i for i in range(n)]) for k in ("healthy", "lesion")}
+            scores[f"local-residual on KLIP {plan_name}'s reconstruction"] = (out["healthy"].score, out["lesion"].score, (out["lesion"].map, 1), nfe_klip + 12)
+            de = DenoisingError(den).fit(rec["tune_id"], seed=list(range(n)))
+            scores[f"denoising-error on KLIP {plan_name}'s reconstruction"] = tuple(
+                de.score(rec[k], seed=[60_000 + i for i in range(n)]).score for k in ("healthy", "lesion")) + (None, nfe_klip + 7)
         for name, (s_h, s_l, lesion_maps, nfe) in scores.items():
             paired, paired_se = paired_rate(s_h, s_l)
             loc = {}
@@ -257,7 +266,7 @@ def tables(rows: list[dict]) -> list[str]:
                          + " | ".join(("—" if c not in cells else (("**" if best(c) else "") + f"{fmt(cells[c]['auroc'])} ± {fmt(cells[c]['se'])}"
                                                                      + ("**" if best(c) else ""))) for c in contrasts)
                          + f" | {'—' if at is None else fmt(at['fpr95'], 2) + ' / ' + fmt(at['aupr'], 2)} | {fmt(any_r['nfe'], 0)} |")
-    sino = [r for r in rows if r["part"] == "sinogram"]
+    sino = sorted((r for r in rows if r["part"] == "sinogram"), key=lambda r: r["noise"])  # stable: rows keep their order within a σ_y
     if sino:
         r0 = sino[0]
         lines += ["", f"## Through 20-view sinograms (prior {r0['prior']}, contrast {r0['contrast']:g}, {len(sino) and ''}paired sets)", "",
@@ -285,12 +294,17 @@ def main(argv=None) -> int:
     ap.add_argument("--prior", default="phantom-ct-64", help="sinogram: the prior")
     ap.add_argument("--contrast", type=float, default=-0.15, help="sinogram: the lesions' contrast")
     ap.add_argument("--noise", default="0.05,0.1,0.25,0.5", help="sinogram: σ_y values (sinogram units)")
+    ap.add_argument("--plans", default="DPS,ΠGDM", help="sinogram: KLIP's sampler runs — DPS (the ct task's plan and window/block) and/or "
+                    "ΠGDM (the library default sampler, window and block)")
     ap.add_argument("--steps", type=int, default=0, help="sinogram: sampler steps (default: the ct task's)")
     ap.add_argument("--n", type=int, default=64, help="images per class (clean) or pairs (sinogram)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     floats = lambda text: tuple(float(v) for v in text.split(",") if v)  # noqa: E731
     args.priors, args.costly = [p for p in args.priors.split(",") if p], [p for p in args.costly.split(",") if p]
+    args.plans = [p for p in args.plans.split(",") if p]
+    if not set(args.plans) <= {"DPS", "ΠGDM"}:
+        ap.error(f"--plans takes DPS and/or ΠGDM, got {','.join(args.plans)}")
     args.contrasts, args.costly_contrasts, args.noise = floats(args.contrasts), floats(args.costly_contrasts), floats(args.noise)
     torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -130,7 +130,7 @@ def test_ct_ceiling_runs_tiny(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     text = (out / "results.md").read_text()
     assert "| phantom-ct-64 | 216,000 | local-residual (tissue > −0.9) |" in text and "given the true liver mask" in text
-    assert "local-residual on KLIP's reconstruction" in text and "trivial: FBP residual" in text
+    assert "local-residual on KLIP DPS's reconstruction" in text and "KLIP ΠGDM, library default" in text and "trivial: FBP residual" in text
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["part"] for r in rows} == {"clean", "sinogram"}
     assert all(r["auroc"] is not None for r in rows)
