@@ -260,6 +260,25 @@ def test_tune_joint_maximizes_the_mean_tuning_auroc_over_shifts():
         tune_joint([], blocks=(2,))
 
 
+def test_foreground_scores_only_the_blocks_with_tissue(inpainting_problem):
+    # foreground: the image score is the max over the blocks where the reconstruction (where sampling stopped) has a
+    # pixel above the threshold; the map is 0 elsewhere, and equals the unrestricted map there.
+    from priorshift.detectors.klip import tissue_blocks
+
+    prior, op, y = inpainting_problem
+    kw = dict(plan={"steps": 12}, samples=2, block=4, window=(0.25, 0.75), score="spread")
+    free = KLIP(prior, op, **kw).score(y, seed=[0, 1])
+    thr = float(free.extras["reconstruction"].median())  # about half of the image counts as "tissue"
+    kept = KLIP(prior, op, foreground=thr, **kw).score(y, seed=[0, 1])
+    tissue = tissue_blocks(kept.extras["reconstruction"], 4, thr)
+    assert tissue.any() and not tissue.all()
+    torch.testing.assert_close(kept.map, torch.where(tissue, free.map, torch.zeros_like(free.map)))
+    torch.testing.assert_close(kept.score, torch.where(tissue, free.map, torch.full_like(free.map, -1)).flatten(1).max(1).values)
+    assert tissue_blocks(torch.full((1, 1, 8, 8), -1.0), 4, -0.9).all(), "no tissue anywhere: every block counts"
+    with pytest.raises(ValueError, match="foreground"):
+        KLIP(prior, op, foreground=1.5)
+
+
 def test_tune_searches_the_spread_floor():
     # With score="spread" allowed, every floor in `floors` is a candidate. Here the OOD bump (energy ×4) comes
     # with exactly as much extra posterior spread, so a tiny floor divides it away and only a large floor detects.

@@ -59,6 +59,7 @@ def test_plan_under_and_detector_settings():
         assert blur.detector_settings(other) == {}, other
     assert ct.detector_settings("local-residual") == {"foreground": -0.9}, "a task's own settings for an image detector"
     assert blur.detector_settings("local-residual") == {}
+    assert ct.detector_settings("klip")["foreground"] == -0.9 and ct.detector_settings("klip")["window"] == (0.40, 0.75)
     from priorshift import tasks
 
     det = tasks.make_detector("local-residual", get_prior_stub(), task="ct", params={"window": 3})

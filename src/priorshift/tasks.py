@@ -136,7 +136,7 @@ TASKS: dict[str, Task] = {
         klip_settings={"dataset": {"window": (0.40, 0.75), "block": 2}, "image": {"window": (0.30, 0.85), "block": 2}},
         base_block=2,
         extra={"lesion_contrast": -0.15, "dps_zeta": 0.1},
-        detector_params={"local-residual": {"foreground": -0.9}},  # its score comes from tissue, not air
+        detector_params={"local-residual": {"foreground": -0.9}, "klip": {"foreground": -0.9}},  # scores come from tissue, not air
     ),
     "fmnist-blur": Task(
         name="fmnist-blur",

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from priorshift._checks import check_int
 from priorshift.detectors.base import Detector, check_block
+from priorshift.detectors.klip_maps import aggregate_step_maps, image_score, spread_normalized, tissue_blocks
 from priorshift.diffusion.denoisers import as_counting
 from priorshift.diffusion.schedules import ddpm_step_weights
 from priorshift.registry import register
@@ -54,7 +55,7 @@ from priorshift.samplers.hooks import ProgressBar, block_energy
 from priorshift.samplers.plan import SamplingPlan
 from priorshift.types import Scores, StepState
 
-__all__ = ["KLIP", "KLIPAccumulator", "aggregate_step_maps", "window_steps", "image_score", "spread_normalized", "VARIANTS", "NORMALIZATIONS",
+__all__ = ["KLIP", "KLIPAccumulator", "aggregate_step_maps", "window_steps", "image_score", "spread_normalized", "tissue_blocks", "VARIANTS", "NORMALIZATIONS",
            "REDUCTIONS", "SCORES", "step_norm"]
 
 # ΠGDM's likelihood step carries the size of the disagreement between y and the prior (normalised DPS does not).
@@ -85,20 +86,6 @@ def window_steps(window: tuple[float, float], n_steps: int) -> tuple[int, int]:
     if k1 <= k0:
         raise ValueError(f"window {window} selects no step of a {n_steps}-step schedule; widen it or use more steps")
     return k0, k1
-
-
-def image_score(block_map: Tensor) -> Tensor:
-    """KLIP's image score from its block map (B, h, w): the max over blocks (a small shift is not diluted)."""
-    return block_map.flatten(1).max(1).values
-
-
-def spread_normalized(block_map: Tensor, spread_map: Tensor, floor: float) -> Tensor:
-    """``map / (spread + floor · mean_blocks(spread))`` per image (B, h, w): each block's likelihood energy in
-    units of the posterior's own uncertainty there, so that anatomy the prior is unsure of (edges, texture)
-    does not outrank a small shift in a region it is sure of. ``floor`` (> 0) keeps blocks where the S samples
-    agree (background) from dividing by ~0."""
-    ref = spread_map.flatten(1).mean(1).reshape(-1, 1, 1)
-    return block_map / (spread_map + floor * ref).clamp_min(torch.finfo(block_map.dtype).tiny)
 
 
 def step_norm(normalization: str, state, kl_weight: float | None, sigma_power: float, step_norms: Tensor | None = None) -> float:
@@ -219,6 +206,9 @@ class KLIP(Detector):
         keep_step_maps: also return every step's block map, ``extras["step_maps"]`` (B, T_run, h, w) — O(T · blocks)
             memory — so that other windows and coarser blocks can be evaluated without sampling again
             (:func:`aggregate_step_maps`; used to tune on a tuning split).
+        foreground: score only the blocks where the reconstruction at the window's end has a pixel above it
+            (:func:`tissue_blocks`; ``None``: every block). The map is 0 elsewhere. For CT in [-1, 1], ``-0.9``: the
+            image score then comes from the anatomy, not from air (where ``score="spread"`` divides by ~0).
         progress: show a progress bar over the sampling steps.
     """
 
@@ -242,6 +232,7 @@ class KLIP(Detector):
         stage: str | None = None,
         score: str = "energy",
         spread_floor: float = 0.1,
+        foreground: float | None = None,
         keep_step_maps: bool = False,
         progress: bool = False,
     ):
@@ -253,6 +244,9 @@ class KLIP(Detector):
         if not (math.isfinite(float(spread_floor)) and spread_floor > 0):
             raise ValueError(f"spread_floor must be a finite number > 0, got {spread_floor!r}")
         self.spread_floor = float(spread_floor)
+        if foreground is not None and not -1.0 <= float(foreground) < 1.0:
+            raise ValueError(f"foreground must be a threshold in [-1, 1) (images are in [-1, 1]) or None, got {foreground!r}")
+        self.foreground = None if foreground is None else float(foreground)
         self.normalization = _check_choice(normalization, "normalization", NORMALIZATIONS)
         self.reduction = _check_choice(reduction, "reduction", REDUCTIONS)
         if window_sigma is not None:
@@ -350,6 +344,8 @@ class KLIP(Detector):
         energy_map = block_map
         if self.score_kind == "spread":
             block_map = spread_normalized(block_map, extras["spread_map"], self.spread_floor)
+        if self.foreground is not None:
+            block_map = torch.where(tissue_blocks(result.x0.mean(1), block, self.foreground), block_map, torch.zeros_like(block_map))
         return Scores(
             score=image_score(block_map),
             map=block_map,
@@ -372,7 +368,7 @@ class KLIP(Detector):
         return {"detector": "klip", "plan": self.plan.describe(), "window": list(self.window), "window_sigma": self.window_sigma,
                 "block": self.block, "samples": self.samples, "variant": self.variant, "normalization": self.normalization,
                 "sigma_power": self.sigma_power, "reduction": self.reduction, "stage": self.stage, "score": self.score_kind,
-                "spread_floor": self.spread_floor}
+                "spread_floor": self.spread_floor, "foreground": self.foreground}
 
     def __repr__(self) -> str:
         k0, k1 = self.window_steps
@@ -380,19 +376,3 @@ class KLIP(Detector):
             f"KLIP(sampler={self.plan.sampler!r}, steps={self.plan.steps}, window_steps=[{k0}, {k1}), block={self.block}, "
             f"samples={self.samples}, variant={self.variant!r})"
         )
-
-
-def aggregate_step_maps(step_maps: Tensor, steps: tuple[int, int], pool: int = 1) -> Tensor:
-    """KLIP's map from per-step block maps (``Scores.extras["step_maps"]``, (B, T, h, w)): the mean over steps
-    ``k0 ≤ k < k1`` of the maps summed over ``pool × pool`` groups of blocks (block size × ``pool``); ``pool=0``
-    sums everything into one block. Equal to running KLIP with that window and block (up to float32 storage)."""
-    k0, k1 = steps
-    if not 0 <= k0 < k1 <= step_maps.shape[1]:
-        raise ValueError(f"window steps [{k0}, {k1}) are outside the {step_maps.shape[1]} recorded steps")
-    m = step_maps[:, k0:k1].to(torch.float64).mean(1)  # (B, h, w)
-    if pool == 0:
-        return m.sum((-2, -1), keepdim=True)
-    b, h, w = m.shape
-    if h % pool or w % pool:
-        raise ValueError(f"pool {pool} must divide the map size {h}×{w}")
-    return m.reshape(b, h // pool, pool, w // pool, pool).sum((2, 4))
