@@ -145,7 +145,7 @@ def test_bundled_priors_load(name, size):
 def test_demo_quick(tmp_path):
     r = run("demo", "--quick", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert "KLIP" in r.stdout and "KLIP multiscale" in r.stdout and "whole-image KL" in r.stdout
+    assert "KLIP" in r.stdout and "KLIP multiscale" in r.stdout and "whole-image KL" in r.stdout and "local residual (recon)" in r.stdout
     assert (tmp_path / "heatmaps.png").stat().st_size > 10_000 and (tmp_path / "results.md").exists()
 
 
