@@ -25,7 +25,7 @@ Cost: n + n images, S posterior samples and ``--steps`` steps for every sampler 
 S = 8 are cut for a shared CPU; its window is a fraction of the steps, so it moves with them)::
 
     python benchmarks/klip_official.py --out benchmarks/results/klip-official.md                 # 24 + 24, 50 steps, S = 2
-    python benchmarks/klip_official.py --quick --out /tmp/klip-official.md                     # 4 + 4, 20 steps, S = 1
+    python benchmarks/klip_official.py --quick --out out/klip-official.md                      # 4 + 4, 20 steps, S = 1
 """
 
 from __future__ import annotations
