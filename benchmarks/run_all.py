@@ -75,6 +75,7 @@ BENCHMARKS = [
     Benchmark("klip-official", "klip_official.py", quick=("--quick",), note="KLIP.official beside the tasks' defaults; full: 24 + 24, 50 steps, S = 2"),
     Benchmark("bench-ood-fmnist-mnist", "priorshift", ("bench", "benchmarks/configs/ood-fmnist-mnist.toml"), table="out-dir",
               threads=True, quick_mode=False, note="the detector grid of the README; no quick form"),
+    Benchmark("local-shifts", "local_shifts.py", quick=("--n", "3", "--steps", "10"), table="out-dir", note="five CT insert types; full: 32 + 32, 50 steps"),
     Benchmark("suite", "suite.py", ("run",), quick=("--quick",), table="out-dir", table_name="summary.md",
               note="the shift suite's summary (benchmarks/suite.py); full size: `run_all.py --suite`"),
     Benchmark("demo", "priorshift", ("demo",), quick=("--quick",), table="out-dir", threads=False,
