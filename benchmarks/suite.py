@@ -308,6 +308,14 @@ def page_text(cells: list[dict], out: Path, summary_md: str, mode: str, cmd: str
         lines += [f"## {cell['name']}", "", f"Family: {cell['family']}. Config: `benchmarks/configs/{cell['name']}.toml`.", ""]
         lines += ["#" * 2 + line if line.startswith("#") else line for line in table[1:]]
         lines.append("")
+    local = Path(__file__).resolve().parent / "results" / "local-shifts" / "results.md"  # the CT family (benchmarks/local_shifts.py)
+    if local.exists():
+        table = local.read_text(encoding="utf-8").strip().splitlines()
+        lines += ["## Local shifts (CT): stars, scars, lesions and two untuned insert types", "",
+                  "Written by `benchmarks/local_shifts.py` (not a `priorshift bench` cell: KLIP traces and image detectors on CT phantoms), "
+                  "copied here as it stands in `benchmarks/results/local-shifts/results.md`.", ""]
+        lines += ["#" * 2 + line if line.startswith("#") else line for line in table[1:]]
+        lines.append("")
     return "\n".join(lines)
 
 
