@@ -7,7 +7,7 @@ residual), with the AUROC's standard error:
    through Gaussian deblurring (the ``fmnist-blur`` task, ΠGDM); KLIP's window and block chosen with the
    sibling prior ``fashion-mnist-0-7-32`` on its seen vs unseen classes (``benchmarks/klip_detects.py``),
    never on MNIST;
-2. *not yet*: the bundled ``phantom-ct-64`` prior, 20-view parallel-beam CT of healthy vs lesion phantoms (the
+2. *not yet*: the bundled ``phantom-ct-64-long`` prior (the ``ct`` task's), 20-view parallel-beam CT of healthy vs lesion phantoms (the
    ``ct`` task; window and block tuned on CT stars, never on lesions), with the maps and their block AUROC, and
    beside KLIP the local residual of KLIP's own reconstruction (``local-residual``, the image detector that sees
    the lesion on clean phantoms: ``benchmarks/results/ct-ceiling``).

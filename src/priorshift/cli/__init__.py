@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
     d.add_argument("--quick", action="store_true", help="a smaller, faster run (for tests)")
     d.add_argument("--n", type=int, default=None, help="images per set (default 24; 4 with --quick)")
-    d.add_argument("--prior", default=None, help="a 64×64 CT prior: bundled name or checkpoint path (default: the ct task's, phantom-ct-64)")
+    d.add_argument("--prior", default=None, help="a 64×64 CT prior: bundled name or checkpoint path (default: the ct task's, phantom-ct-64-long)")
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser("train", help="train a small diffusion prior (EDM loss) on a dataset; resumable")
