@@ -106,10 +106,11 @@ def benchmark_task(name: str, n: int, steps: int, samples: int, batch: int) -> d
     y = op(x, seed=[50_000 + i for i in range(2 * n)])
     seeds = [70_000 + i for i in range(2 * n)]
     labels = torch.cat([torch.zeros(n), torch.ones(n)]).bool()
-    default_kw = task.settings_under("klip", {"plan": {"steps": steps}, "samples": samples})
+    # foreground=None: every row scores all blocks, as the official code does (the ct task's tissue rule came later)
+    default_kw = task.settings_under("klip", {"plan": {"steps": steps}, "samples": samples, "foreground": None})
     other = "dps" if task.plan["sampler"] == "pigdm" else "pigdm"
     other_plan = {"sampler": other, "steps": steps, **({"jacobian": False} if other == "dps" else {})}  # DPS with the task's ζ, no Jacobian
-    other_kw = task.settings_under("klip", {"plan": other_plan, "samples": samples})
+    other_kw = task.settings_under("klip", {"plan": other_plan, "samples": samples, "foreground": None})
     official_kw = dict(steps=steps, samples=samples)
 
     def klip(kw):  # a row's KLIP with 1-px step maps kept (its own block is a pooling of them)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import signal
 
 import numpy as np
@@ -130,6 +131,8 @@ def test_an_interrupted_run_says_so_and_leaves_nothing(tiny, tmp_path, capsys, m
 
     def interrupted(*a, **k):
         os.kill(os.getpid(), sig)
+        for _ in range(500):  # Python runs the handler in the main thread at its next check: a moment, on a loaded machine
+            time.sleep(0.01)
         raise AssertionError("the signal was not delivered")
 
     monkeypatch.setattr(priorshift.detectors, "score_batches", interrupted)
