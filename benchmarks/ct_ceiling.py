@@ -51,7 +51,7 @@ from torch.nn import functional as F
 
 from priorshift.bench.klip_eval import Setting, load_or_score, multiscale_scores
 from priorshift.data import PhantomCT, healthy_set, lesion_set
-from priorshift.detectors import KLIP, Residual
+from priorshift.detectors import KLIP, Residual, score_batches
 from priorshift.detectors.klip import image_score
 from priorshift.detectors.klip_multiscale import equal_windows
 from priorshift.io import atomic_write
@@ -154,7 +154,8 @@ def run_clean(args, cache: Cache) -> list[dict]:
 
 
 def _score_images(det, images, seed0) -> dict[str, torch.Tensor]:
-    s = det.score(images, seed=list(range(seed0, seed0 + images.shape[0])))
+    # batches of 8: EigenScore's probes on 64 images at once take > 22 GB (the first run was killed for memory)
+    s = score_batches(det, images, batch_size=8, seed=list(range(seed0, seed0 + images.shape[0])))
     return {"score": s.score, "nfe": torch.tensor(float(s.nfe))}
 
 
