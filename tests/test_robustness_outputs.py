@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import signal
 
 import numpy as np
@@ -129,10 +128,11 @@ def test_npy_headers_are_checked_against_the_file_size(tiny, tmp_path, capsys, m
 def test_an_interrupted_run_says_so_and_leaves_nothing(tiny, tmp_path, capsys, monkeypatch, sig, code):
     import priorshift.detectors
 
+    if sig == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        pytest.skip("SIGINT is ignored in this process (a background job of a non-interactive shell): Ctrl-C cannot reach it")
+
     def interrupted(*a, **k):
         os.kill(os.getpid(), sig)
-        for _ in range(500):  # Python runs the handler in the main thread at its next check: a moment, on a loaded machine
-            time.sleep(0.01)
         raise AssertionError("the signal was not delivered")
 
     monkeypatch.setattr(priorshift.detectors, "score_batches", interrupted)
