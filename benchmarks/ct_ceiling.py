@@ -121,7 +121,7 @@ def run_clean(args, cache: Cache) -> list[dict]:
 
         detectors = dict(CHEAP)
         if spec in args.costly:
-            detectors.update(COSTLY)
+            detectors.update({k: v for k, v in COSTLY.items() if v[0] in args.costly_detectors})
         for name, (reg, params) in detectors.items():
             contrasts = args.contrasts if name in CHEAP else args.costly_contrasts
             det = get("detector", reg)(den, **params)
@@ -292,6 +292,7 @@ def main(argv=None) -> int:
     ap.add_argument("--costly", default="", help="clean: the priors (among --priors) to run LMD and EigenScore on")
     ap.add_argument("--contrasts", default=",".join(map(str, CONTRASTS)))
     ap.add_argument("--costly-contrasts", default="-0.15")
+    ap.add_argument("--costly-detectors", default="lmd,eigenscore,eigenscore-trace", help="clean: which of the costly detectors to run")
     ap.add_argument("--prior", default="phantom-ct-64", help="sinogram: the prior")
     ap.add_argument("--contrast", type=float, default=-0.15, help="sinogram: the lesions' contrast")
     ap.add_argument("--noise", default="0.05,0.1,0.25,0.5", help="sinogram: σ_y values (sinogram units)")
@@ -304,6 +305,7 @@ def main(argv=None) -> int:
     floats = lambda text: tuple(float(v) for v in text.split(",") if v)  # noqa: E731
     args.priors, args.costly = [p for p in args.priors.split(",") if p], [p for p in args.costly.split(",") if p]
     args.plans = [p for p in args.plans.split(",") if p]
+    args.costly_detectors = [d for d in args.costly_detectors.split(",") if d]
     if not set(args.plans) <= {"DPS", "ΠGDM"}:
         ap.error(f"--plans takes DPS and/or ΠGDM, got {','.join(args.plans)}")
     args.contrasts, args.costly_contrasts, args.noise = floats(args.contrasts), floats(args.costly_contrasts), floats(args.noise)
