@@ -47,12 +47,11 @@ from pathlib import Path
 import torch
 from _common import fmt, liver_contrast, load_any, local_error_maps, write_results
 from safetensors.torch import load_file, save_file
-from torch.nn import functional as F
 
 from priorshift.bench.klip_eval import Setting, load_or_score, multiscale_scores
 from priorshift.data import PhantomCT, healthy_set, lesion_set
 from priorshift.detectors import KLIP, Residual, score_batches
-from priorshift.detectors.klip import image_score
+from priorshift.detectors.klip_maps import image_score, tissue_blocks
 from priorshift.detectors.klip_multiscale import equal_windows
 from priorshift.io import atomic_write
 from priorshift.metrics import block_auroc, ood_metrics
@@ -159,14 +158,9 @@ def _score_images(det, images, seed0) -> dict[str, torch.Tensor]:
     return {"score": s.score, "nfe": torch.tensor(float(s.nfe))}
 
 
-def _tissue_blocks(images: torch.Tensor, block: int) -> torch.Tensor:
-    """(B, H/block, W/block) bool: blocks with any pixel of tissue (> FOREGROUND) — read from the image, no ground truth."""
-    return F.max_pool2d((images[:, :1] > FOREGROUND).float(), block)[:, 0] > 0
-
-
 def _local_error(den, ls, seed0, mu, sd):
     z = (local_error_maps(den, ls.images, seed0) - mu) / sd
-    body = _tissue_blocks(ls.images, 4)
+    body = tissue_blocks(ls.images, 4, FOREGROUND)
     return torch.where(body, z, torch.full_like(z, -float("inf"))).flatten(1).max(1).values
 
 
@@ -216,7 +210,7 @@ def run_sinogram(args, cache: Cache) -> list[dict]:
             for name, (st, tissue) in fixed.items():
                 maps = {k: st.maps(traces[k]) for k in ("healthy", "lesion")}
                 if tissue:
-                    maps = {k: torch.where(_tissue_blocks(traces[k].reconstruction, st.block), m, torch.zeros_like(m)) for k, m in maps.items()}
+                    maps = {k: torch.where(tissue_blocks(traces[k].reconstruction, st.block, FOREGROUND), m, torch.zeros_like(m)) for k, m in maps.items()}
                 scores[name] = (image_score(maps["healthy"]), image_score(maps["lesion"]), (maps["lesion"], st.block), st.nfe_per_image(traces["lesion"]))
             ms = multiscale_scores(traces["tune_id"], {"healthy": traces["healthy"], "lesion": traces["lesion"]}, windows=equal_windows(5), block=8, maps=True)
             scores[f"KLIP {plan_name}, multiscale (5 windows, 8 px; z-scored on ID tuning anatomies)"] = (ms["healthy"][0], ms["lesion"][0], (ms["lesion"][1], 8),

@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from priorshift._checks import check_int
 from priorshift.detectors.base import Detector
 from priorshift.detectors.baselines.image import _check_sigmas, _noisy_denoise
+from priorshift.detectors.klip_maps import tissue_blocks
 from priorshift.registry import register
 from priorshift.types import Scores
 
@@ -89,11 +90,8 @@ class LocalResidual(Detector):
         _, d, _, nfe = _noisy_denoise(self.prior, data, self.sigmas, self.repeats, seed)
         residual = (data[:, None, None] - d).mean((1, 2)).sum(1)  # (B, H, W): mean over levels and draws, sum over C
         m = box_filter(residual, self.window).abs()
-        if self.foreground is not None:
-            region = (data > self.foreground).any(1)
-            empty = ~region.flatten(1).any(1)
-            region = region | empty[:, None, None]  # an image with no tissue at all is scored over every pixel
-            m = torch.where(region, m, torch.zeros_like(m))
+        if self.foreground is not None:  # an image with no tissue at all is scored over every pixel
+            m = torch.where(tissue_blocks(data, 1, self.foreground), m, torch.zeros_like(m))
         return Scores(score=m.flatten(1).max(1).values, map=m, nfe=nfe, extras={"residual": residual})
 
     @classmethod
